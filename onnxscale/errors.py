@@ -1,0 +1,19 @@
+"""The one error type users see.
+
+Anything the user can fix (a bad path, a malformed flag, a model we cannot handle) raises
+`OnnxscaleError` with a message that fits on one line and names the culprit (file, input,
+node).  The CLI prints it as ``error: <message>`` and exits non-zero; everything else is a bug
+and is reported as an internal error (with the traceback only under ``--debug``).
+"""
+
+
+class OnnxscaleError(Exception):
+    """A problem with the user's input, explained in one line."""
+
+    exit_code = 1
+
+
+class UsageError(OnnxscaleError):
+    """A malformed command-line value (exit code 2, like click's own usage errors)."""
+
+    exit_code = 2
