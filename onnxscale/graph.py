@@ -44,6 +44,7 @@ class Graph:
         self.shapes: dict[str, tuple[int, ...] | None] = {}
         self.dtypes: dict[str, int] = {}
         self.values: dict[str, np.ndarray] = {}
+        self.sequences: dict[str, list[tuple[int, ...]]] = {}  # element shapes of sequences
         for name, tensor in self.consts.items():
             self.shapes[name] = tuple(tensor.dims)
             self.dtypes[name] = tensor.data_type
@@ -227,9 +228,10 @@ def resolve_input_shapes(graph: onnx.GraphProto, consts: dict[str, onnx.TensorPr
                                  f"--input-shape {value.name}:1x3x224x224")
         dims = [1 if (i == 0 and not isinstance(d, int)) else d for i, d in enumerate(declared)]
         if any(not isinstance(d, int) for d in dims):
+            example = "x".join(str(d) if isinstance(d, int) else "224" for d in dims)
             raise OnnxscaleError(f"input '{value.name}' has symbolic dims "
-                                 f"{format_dims(declared)}; fix them with --input-shape "
-                                 f"{value.name}:{'x'.join(str(d) if isinstance(d, int) else 'N' for d in dims)}")
+                                 f"{format_dims(declared)}; fix them with --input-shape, "
+                                 f"e.g. --input-shape {value.name}:{example}")
         shapes[value.name] = dims
     return shapes
 

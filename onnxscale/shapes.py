@@ -41,6 +41,8 @@ BOOL_OUT = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", 
 INT64_OUT = {"Shape", "Size", "ArgMax", "ArgMin", "NonZero", "NonMaxSuppression"}
 POOLS = {"MaxPool", "AveragePool", "LpPool"}
 GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"}
+NO_TENSOR_INPUT = {"Constant", "ConstantOfShape", "Range", "SequenceAt", "ConcatFromSequence",
+                   "SequenceConstruct"}
 REDUCES = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
            "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 
@@ -89,7 +91,7 @@ def infer_node(graph: Graph, node: onnx.NodeProto) -> list[Shape | None]:
             rule = reduce_rule
     if rule is None:
         return fallback(graph, node)
-    if any(s is None for s in ins[:1]) and op not in ("Constant", "ConstantOfShape", "Range"):
+    if any(s is None for s in ins[:1]) and op not in NO_TENSOR_INPUT:
         return fallback(graph, node)
     return rule(graph, node, ins)
 
@@ -570,6 +572,65 @@ def einsum_rule(graph, node, ins):
     return fallback(graph, node)
 
 
+# Sequences (the dynamo exporter writes torch.chunk/split as SplitToSequence + SequenceAt):
+# their element shapes live in ``graph.sequences``; the sequence itself has no tensor shape.
+
+def split_to_sequence_rule(graph, node, ins):
+    x = ins[0]
+    a = attrs(node)
+    axis = a.get("axis", 0)
+    axis = axis + len(x) if axis < 0 else axis
+    split = graph.small_value(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if len(node.input) > 1 and node.input[1] and split is None:
+        return [None]
+    if split is None:
+        sizes, keep = [1] * x[axis], bool(a.get("keepdims", 1))
+    elif split.ndim == 0:
+        chunk = int(split)
+        sizes, keep = [min(chunk, x[axis] - i) for i in range(0, x[axis], chunk)], True
+    else:
+        sizes, keep = [int(v) for v in split], True
+    shapes = []
+    for size in sizes:
+        shape = list(x)
+        shape[axis] = size
+        shapes.append(tuple(shape) if keep else tuple(shape[:axis] + shape[axis + 1:]))
+    graph.sequences[node.output[0]] = shapes
+    return [None]
+
+
+def sequence_at_rule(graph, node, ins):
+    shapes = graph.sequences.get(node.input[0])
+    position = graph.small_value(node.input[1])
+    if shapes is None or position is None:
+        return fallback(graph, node)
+    return [shapes[int(position)]]
+
+
+def sequence_construct_rule(graph, node, ins):
+    if any(s is None for s in ins):
+        return [None]
+    graph.sequences[node.output[0]] = list(ins)
+    return [None]
+
+
+def concat_from_sequence_rule(graph, node, ins):
+    shapes = graph.sequences.get(node.input[0])
+    if not shapes:
+        return fallback(graph, node)
+    a = attrs(node)
+    axis = a["axis"]
+    if a.get("new_axis", 0):
+        axis = axis + len(shapes[0]) + 1 if axis < 0 else axis
+        out = list(shapes[0])
+        out.insert(axis, len(shapes))
+        return [tuple(out)]
+    axis = axis + len(shapes[0]) if axis < 0 else axis
+    out = list(shapes[0])
+    out[axis] = sum(s[axis] for s in shapes)
+    return [tuple(out)]
+
+
 RULES = {
     "Conv": conv_rule, "ConvTranspose": conv_transpose_rule, "Gemm": gemm_rule,
     "MatMul": matmul_rule, "Flatten": flatten_rule, "Reshape": reshape_rule,
@@ -581,6 +642,9 @@ RULES = {
     "DepthToSpace": depth_space_rule, "SpaceToDepth": depth_space_rule,
     "LayerNormalization": layer_norm_rule, "TopK": topk_rule, "Range": range_rule,
     "GatherElements": lambda g, n, i: [i[1]], "Einsum": einsum_rule,
+    "SplitToSequence": split_to_sequence_rule, "SequenceAt": sequence_at_rule,
+    "SequenceConstruct": sequence_construct_rule,
+    "ConcatFromSequence": concat_from_sequence_rule,
 }
 
 

@@ -1,0 +1,1 @@
+"""Scaling: the strategy math (pure functions) and the graph rewrites that apply it."""
