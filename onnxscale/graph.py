@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import cached_property
 
-import networkx as nx
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -125,9 +124,15 @@ class Graph:
         return {node.name: node for node in self.nodes}
 
     @cached_property
-    def nx(self) -> nx.MultiDiGraph:
-        """Ops as nodes (plus ``Input``/``Output`` pseudo-nodes), tensors as keyed edges."""
-        view = nx.MultiDiGraph()
+    def nx(self):
+        """Ops as nodes (plus ``Input``/``Output`` pseudo-nodes), tensors as keyed edges.
+
+        A ``networkx.MultiDiGraph``; networkx is imported here because analysis alone does
+        not need it and importing it costs a tenth of a second on every command.
+        """
+        import networkx
+
+        view = networkx.MultiDiGraph()
         for name in self.inputs:
             view.add_node(name, op="Input")
         for node in self.nodes:
