@@ -8,6 +8,7 @@ Python's built-in ``round`` (halves to even), as pycls does.
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from typing import Sequence
 
@@ -117,3 +118,88 @@ def efficientnet_round_filters(width: int, multiplier: float, divisor: int = 8) 
 def efficientnet_round_repeats(depth: int, multiplier: float) -> int:
     """EfficientNet's depth rule: repeats rounded up."""
     return int(math.ceil(multiplier * depth))
+
+
+# --------------------------------------------------------------------------------------------
+# Strategies: which share of a flops increase goes to depth, width, group width, resolution
+# --------------------------------------------------------------------------------------------
+
+#: Named strategies beyond letter strings: the paper's fast compound scaling (alpha = 0.8).
+STRATEGY_ALIASES = {"dWr": "d1_w8_g8_r1"}
+
+
+def parse_strategy(text: str) -> dict[str, float]:
+    """pycls strategy string -> weights ``{'d', 'w', 'g', 'r'}``.
+
+    ``dw``, ``dwr`` ...: each named letter (of d, w, g, r) gets weight 1; ``d1_w8_g8_r1``:
+    explicit weights; ``dWr`` is ``d1_w8_g8_r1`` (fast compound scaling, alpha = 0.8).
+    """
+    text = text.strip()
+    spec = STRATEGY_ALIASES.get(text, text)
+    weights = {"d": 0.0, "w": 0.0, "g": 0.0, "r": 0.0}
+    if re.fullmatch(r"[dwgr]+", spec) and len(set(spec)) == len(spec):
+        for letter in spec:
+            weights[letter] = 1.0
+    elif re.fullmatch(r"[dwgr]\d+(\.\d+)?(_[dwgr]\d+(\.\d+)?)*", spec):
+        for part in spec.split("_"):
+            if weights[part[0]]:
+                raise ValueError(f"strategy '{text}' names '{part[0]}' twice")
+            weights[part[0]] = float(part[1:])
+    else:
+        raise ValueError(f"unknown strategy '{text}': use letters from d, w, g, r (dw, dwr), "
+                         f"explicit weights (d1_w8_g8_r1) or dWr")
+    if weights["d"] + weights["w"] + weights["r"] <= 0:
+        raise ValueError(f"strategy '{text}' scales none of depth, width or resolution")
+    return weights
+
+
+def alpha_weights(alpha: float) -> dict[str, float]:
+    """Fast compound scaling with parameter alpha: e_d = (1-a)/2, e_w = a/2, e_r = (1-a)/4.
+
+    As pycls weights (summing to 1): d = r = (1-a)/2, w = a; g follows w, as in dWr.
+    alpha = 0.8 gives d1_w8_r1 (dWr), alpha = 1/3 gives dwr, alpha = 1 pure width.
+    """
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return {"d": (1 - alpha) / 2, "w": alpha, "g": alpha, "r": (1 - alpha) / 2}
+
+
+def multipliers(weights: dict[str, float], s: float) -> dict[str, float]:
+    """Multipliers for an ``s``-fold flops increase (DESIGN.md §3).
+
+    With sw = W_d + W_w + W_r: d = s^(W_d/sw), w = s^(W_w/(2 sw)), g = s^(W_g/(2 sw)),
+    r = s^(W_r/(2 sw)); flops ~ d w^2 r^2 = s.
+    """
+    total = weights["d"] + weights["w"] + weights["r"]
+    return {"d": s ** (weights["d"] / total), "w": s ** (weights["w"] / (2 * total)),
+            "g": s ** (weights["g"] / (2 * total)), "r": s ** (weights["r"] / (2 * total))}
+
+
+def exponents(weights: dict[str, float]) -> dict[str, float]:
+    """How params and acts grow: params ~ s^(e_d + 2 e_w), acts ~ s^(e_d + e_w + 2 e_r)."""
+    total = weights["d"] + weights["w"] + weights["r"]
+    e_d, e_w, e_r = (weights["d"] / total, weights["w"] / (2 * total),
+                     weights["r"] / (2 * total))
+    return {"d": e_d, "w": e_w, "r": e_r, "params": e_d + 2 * e_w, "acts": e_d + e_w + 2 * e_r}
+
+
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+
+
+def parse_flops(text: str) -> tuple[str, float]:
+    """``2x`` -> ('ratio', 2.0); ``4G``, ``800M``, ``1.5GF``, ``4e9`` -> ('absolute', flops)."""
+    spec = text.strip().lower().replace("_", "").replace(",", "")
+    match = re.fullmatch(r"x?(\d+(?:\.\d*)?|\.\d+)x?", spec)
+    if match and ("x" in spec):
+        value = float(match.group(1))
+        kind = "ratio"
+    else:
+        match = re.fullmatch(r"(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmgt]?)(?:f|flops)?", spec)
+        if not match:
+            raise ValueError(f"--flops '{text}': expected a ratio like 2x or a count like "
+                             f"4G, 800M, 1.5e9")
+        value = float(match.group(1)) * _UNITS[match.group(2)]
+        kind = "absolute"
+    if value <= 0:
+        raise ValueError(f"--flops '{text}' must be positive")
+    return kind, value
