@@ -149,3 +149,18 @@ def test_inconsistent_weights_are_reported_by_node():
                   inits, [1, 2, 3, 6])
     with pytest.raises(OnnxscaleError, match="'fc'.*36 features.*expects 30"):
         Graph(model)
+
+
+def test_nhwc_input_fixed_batch_and_networkx_view():
+    """A TF-style graph: NHWC input transposed to NCHW before the first conv."""
+    inits = [const("w", np.ones((4, 3, 3, 3), np.float32))]
+    nodes = [helper.make_node("Transpose", ["x"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw"),
+             helper.make_node("Conv", ["nchw", "w"], ["c"], strides=[2, 2], name="conv"),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = assert_shapes_match_runtime(build(nodes, inits, [2, 33, 31, 3]), [2, 33, 31, 3])
+    assert graph.inputs == {"x": [2, 33, 31, 3]}  # a fixed batch of 2 stays 2
+    view = graph.nx
+    assert list(view.successors("x")) == ["to_nchw"]
+    assert view.edges["to_nchw", "conv", "nchw"]["shape"] == (2, 3, 33, 31)
+    assert view.nodes["conv"]["op"] == "Conv" and "w" not in view  # weights are not nodes
+    assert list(view.successors("relu")) == ["output:y"]
