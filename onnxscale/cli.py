@@ -95,3 +95,436 @@ def analyze(model: str, input_shapes: tuple[str, ...], as_json: bool, show_layer
     from .render import print_analysis
 
     print_analysis(loaded.source, report, show_layers=show_layers)
+
+
+# -- bench / results ---------------------------------------------------------------------------
+
+
+def _positive_int(value: str | None, flag: str, *, allow_zero: bool = False) -> int | None:
+    from .errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"{flag} '{value}': expected a whole number") from None
+    if number < 0 or (number == 0 and not allow_zero):
+        raise UsageError(f"{flag} '{value}': must be {'>= 0' if allow_zero else 'at least 1'}")
+    return number
+
+
+def _parse_batches(spec: str | None) -> list[int | None]:
+    from .errors import UsageError
+
+    if spec is None:
+        return [None]
+    batches: list[int | None] = []
+    for item in spec.split(","):
+        number = _positive_int(item, "--batch")
+        if number is None or item.strip() == "":
+            raise UsageError(f"--batch '{spec}': expected sizes like 1,8,64")
+        if number not in batches:
+            batches.append(number)
+    return batches
+
+
+def _bench_settings(threads, precision, warmup, runs, seconds, io_binding, cuda_graph,
+                    provider_options, input_shapes, cache_dir, providers, debug):
+    from pathlib import Path
+
+    from .bench import BenchSettings, parse_provider_options
+    from .errors import UsageError
+    from .model import parse_input_shapes
+
+    if runs is not None and seconds is not None:
+        raise UsageError("--runs and --seconds: give one or the other")
+    seconds_value = None
+    if seconds is not None:
+        try:
+            seconds_value = float(seconds)
+        except ValueError:
+            raise UsageError(f"--seconds '{seconds}': expected a number of seconds") from None
+        if not seconds_value > 0 or seconds_value == float("inf"):
+            raise UsageError(f"--seconds '{seconds}': must be a positive number")
+    warm = None if str(warmup).strip().lower() == "auto" else _positive_int(
+        warmup, "--warmup", allow_zero=True)
+    per_provider, session_config = parse_provider_options(provider_options, providers)
+    return BenchSettings(
+        threads=_positive_int(threads, "--threads"), precision=precision, warmup=warm,
+        runs=_positive_int(runs, "--runs"), seconds=seconds_value, io_binding=io_binding,
+        cuda_graph=cuda_graph, provider_options=per_provider, session_config=session_config,
+        input_shapes=parse_input_shapes(input_shapes),
+        cache_dir=Path(cache_dir) if cache_dir else None, capture_log=not debug)
+
+
+@main.command("bench")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
+@click.option("--provider", "-p", "provider_spec", default="cpu", show_default=True,
+              help="Execution providers, comma-separated: cpu, cuda, tensorrt, openvino, dml, "
+                   "coreml, rocm, migraphx, ... or any full ...ExecutionProvider name.")
+@click.option("--batch", "-b", "batch_spec", default=None, metavar="1,8,64",
+              help="Batch sizes (default: the model's own batch; 1 if it is dynamic).")
+@click.option("--threads", default=None, metavar="N",
+              help="Intra-op threads (default: onnxruntime's, one per physical core).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True, help="fp16: TensorRT builds fp16 engines; other providers run "
+                                      "an fp16 copy of the model with fp16 inputs.")
+@click.option("--warmup", default="auto", show_default=True, metavar="auto|N",
+              help="Warm-up runs; auto = until the recent median settles.")
+@click.option("--runs", default=None, metavar="N", help="Timed runs per configuration.")
+@click.option("--seconds", default=None, metavar="S",
+              help="Time budget per configuration instead of --runs (default 3 s, >= 5 runs).")
+@click.option("--io-binding/--no-io-binding", default=None,
+              help="Bind inputs/outputs once to device buffers (default: on for GPU providers).")
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture and replay CUDA graphs (CUDA, TensorRT; implies --io-binding).")
+@click.option("--provider-option", "provider_options", multiple=True,
+              metavar="[PROVIDER:]KEY=VALUE",
+              help="Provider option (repeatable); a bare KEY=VALUE goes to every non-CPU "
+                   "provider, a dotted key (session.intra_op.allow_spinning=0) to the session.")
+@input_shape_option
+@click.option("--db", "db_path", default=None, metavar="PATH",
+              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@click.option("--no-save", is_flag=True, help="Do not write results to the database.")
+@click.option("--resume", is_flag=True,
+              help="Skip configurations already measured on this machine (reuse stored rows).")
+@click.option("--cache-dir", default=None, metavar="DIR",
+              help="TensorRT engine and timing caches (default: ~/.cache/onnxscale).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+def bench(ctx: click.Context, models, provider_spec, batch_spec, threads, precision, warmup, runs,
+          seconds, io_binding, cuda_graph, provider_options, input_shapes, db_path, no_save,
+          resume, cache_dir, as_json) -> None:
+    """Measure MODEL runtimes on ONNX Runtime execution providers.
+
+    Each (model, batch, provider) is timed after an adaptive warm-up; unavailable providers
+    (or ones the session silently replaced by CPU) are reported with the reason.  Results go to
+    a SQLite database; see them again with `onnxscale results`.
+    """
+    import signal
+
+    from .bench import BenchInterrupted, parse_providers, run_bench
+    from .store import ResultStore, default_db_path
+
+    debug = bool(ctx.obj and ctx.obj.get("debug"))
+    providers = parse_providers(provider_spec)
+    batches = _parse_batches(batch_spec)
+    settings = _bench_settings(threads, precision, warmup, runs, seconds, io_binding, cuda_graph,
+                               provider_options, input_shapes, cache_dir, providers, debug)
+    if resume and no_save:
+        raise OnnxscaleError("--resume reads the database; it cannot be used with --no-save")
+    store = None if no_save else ResultStore(db_path if db_path else default_db_path())
+
+    from . import render
+
+    progress = render.bench_progress(True)
+    task = None
+    finished: list[dict] = []
+
+    def on_progress(done, total, desc, phase, fraction):
+        nonlocal task
+        if progress is None:
+            return
+        if task is None:
+            task = progress.add_task(desc, total=total, phase="")
+        shown = f"{phase} {fraction * 100:.0f}%" if fraction is not None else phase
+        progress.update(task, completed=done, description=desc, phase=shown)
+        progress.refresh()
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        if progress is not None:
+            progress.start()
+        report = run_bench(list(models), providers, batches, settings, store=store,
+                           resume=resume, progress=on_progress, on_row=finished.append)
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+        where = f"saved to {store.path}" if store is not None else "not saved (--no-save)"
+        raise BenchInterrupted(f"interrupted: {len(finished)} configuration(s) finished and "
+                               f"{where}") from None
+    finally:
+        if progress is not None:
+            progress.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if store is not None:
+            store.close()
+
+    if as_json:
+        print_json({"results": report.rows, "fingerprint": report.fingerprint,
+                    "db": str(store.path) if store is not None else None})
+    else:
+        render.print_bench(report.rows, report.fingerprint, store.path if store else None)
+    if report.rows and not any(r.get("available") for r in report.rows):
+        first = report.rows[0]
+        raise OnnxscaleError(f"nothing could be measured ({first['provider']}: {first['reason']})")
+
+
+@main.command("results")
+@click.option("--db", "db_path", default=None, metavar="PATH",
+              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@click.option("--model", "model_filter", default=None, metavar="TEXT",
+              help="Only models whose name contains TEXT (or whose hash starts with it).")
+@click.option("--provider", "-p", "provider_spec", default=None, metavar="LIST",
+              help="Only these providers (comma-separated).")
+@click.option("--machine", "machine_filter", default=None, metavar="ID",
+              help="Only results from the machine whose fingerprint id starts with ID.")
+@click.option("--baseline", default="cpu", show_default=True,
+              help="Provider the speedups are relative to.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def results(db_path, model_filter, provider_spec, machine_filter, baseline, as_json) -> None:
+    """List stored measurements: providers side by side with speedups, one model across
+    machines."""
+    from pathlib import Path
+
+    from .bench import parse_providers, short_name
+    from .store import ResultStore, compare_machines, compare_providers, default_db_path
+
+    path = Path(db_path) if db_path else default_db_path()
+    if not path.exists():
+        raise OnnxscaleError(f"{path}: no results database yet; run `onnxscale bench` first")
+    providers = parse_providers(provider_spec) if provider_spec else None
+    base = short_name(parse_providers(baseline)[0])
+    with ResultStore(path) as store:
+        rows = store.rows(model=model_filter, providers=providers, fingerprint=machine_filter)
+        fingerprints = store.fingerprints()
+    side = compare_providers(rows, base)
+    across = compare_machines(rows)
+    if as_json:
+        print_json({"db": str(path), "results": rows, "fingerprints": fingerprints,
+                    "providers": side, "machines": across})
+        return
+    from . import render
+
+    render.print_results(path, rows, fingerprints, side, across,
+                         filtered=bool(model_filter or providers or machine_filter))
+
+
+# ---- scale ------------------------------------------------------------------------------------
+
+def _batch_value(value: str | None):
+    if value is None or value == "dynamic":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise click.BadParameter("expected 'dynamic' or a positive integer", param_hint="--batch")
+
+
+def _positive(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be positive")
+    return value
+
+
+@main.command()
+@click.argument("model")
+@click.option("--width", "-w", type=float, callback=_positive,
+              help="Multiply every scalable channel group's width by W (W < 1 shrinks).")
+@click.option("--depth", "-d", type=float, callback=_positive,
+              help="Set each stage's block count to max(1, round(D*n)).")
+@click.option("--resolution", "-r", type=float, callback=_positive,
+              help="Multiply the input's spatial size by R (rounded to a multiple of 4).")
+@click.option("--group-width", "-g", type=float, callback=_positive,
+              help="Multiply the group width of grouped convs by G (default: unchanged).")
+@click.option("--strategy", "-s", help="Scaling strategy with --flops: letters of d, w, g, r "
+                                        "(dw, dwr), pycls weights (d1_w8_g8_r1), or dWr.")
+@click.option("--alpha", type=float, help="Fast compound scaling with this alpha (0.8 = dWr, "
+                                          "1/3 = dwr, 1 = width only), with --flops.")
+@click.option("--flops", "flops_target", help="Flops target for --strategy/--alpha: a ratio "
+                                              "(2x) or a count (4G, 800M, 1.5e9).")
+@click.option("--no-search", is_flag=True, help="Apply the strategy's multipliers once, as "
+                                                "pycls does, instead of searching the flops "
+                                                "target through the rounding.")
+@click.option("--batch", help="Rewrite the batch dim: 'dynamic' or a positive integer.")
+@click.option("--init", type=click.Choice(["preserve", "random"]), default="preserve",
+              show_default=True, help="Weights of new channels/blocks: function-preserving "
+                                      "copies, or fresh random (runtime studies).")
+@click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Channel counts become multiples of this.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output file (default: MODEL.w2.onnx beside the input).")
+@click.option("--verify", is_flag=True, help="Run base and scaled model in ONNX Runtime and "
+                                             "report the relative L2 difference of outputs.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init.")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, no_search,
+          batch, init, divisor, output, verify, seed, input_shapes, as_json):
+    """Scale MODEL's width, depth and/or input resolution and write a runnable ONNX model.
+
+    Either give multipliers (--width/--depth/--resolution/--group-width) or a strategy and a
+    flops target (--strategy dWr --flops 2x); the target is met through the rounding by
+    searching the strategy's scale factor.
+
+    Examples: onnxscale scale zoo:efficientnet-b0 --strategy dWr --flops 4x;
+    onnxscale scale model.onnx --width 2 -o model-w2.onnx
+    """
+    from pathlib import Path
+
+    from .model import load_model, parse_input_shapes, save_model
+    from .scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
+                                   default_output, scale_model, stamp)
+
+    options = ScaleOptions(init=init, divisor=divisor, batch=_batch_value(batch), seed=seed)
+    weights = _strategy_weights(strategy, alpha, flops_target,
+                                any(v is not None for v in (width, depth, resolution, group_width)))
+    shapes = parse_input_shapes(input_shapes)
+    loaded = load_model(model)
+    solution = None
+    if weights is not None:
+        from .scaling.solver import solve
+        from .scaling.strategy import parse_flops
+
+        kind, value = _checked(parse_flops, flops_target)
+        solution = solve(loaded.proto, shapes, weights, kind, value, options,
+                         search=not no_search)
+        multipliers, outcome = solution.multipliers, solution.outcome
+    else:
+        multipliers = Multipliers(d=depth or 1.0, w=width or 1.0, g=group_width or 1.0,
+                                  r=resolution or 1.0)
+        outcome = scale_model(loaded.proto, shapes, multipliers, options)
+    scaled = stamp(outcome, loaded.source, multipliers, options)
+    check(scaled)
+    target = Path(output) if output else default_output(loaded.source, multipliers, options)
+    save_model(scaled, target, protect=loaded.path)
+    difference = None
+    if verify:
+        difference = compare_outputs(loaded.proto, scaled, outcome.base.inputs)
+    result = scale_summary(str(target), outcome, multipliers, difference)
+    if solution is not None:
+        result["strategy"] = {"name": strategy or f"alpha={alpha:g}", "weights": weights,
+                              **solution.summary()}
+    if as_json:
+        print_json(result)
+        return
+    from .render import print_scale
+
+    print_scale(result)
+
+
+def _checked(parse, text):
+    """Run a strategy-module parser, turning its ValueError into a usage error."""
+    from .errors import UsageError
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _strategy_weights(strategy, alpha, flops_target, has_multipliers: bool):
+    """Strategy weights from --strategy or --alpha (None when multipliers are given)."""
+    from .errors import UsageError
+    from .scaling.strategy import alpha_weights, parse_strategy
+
+    if strategy is None and alpha is None:
+        if flops_target is not None:
+            raise UsageError("--flops needs --strategy (e.g. dWr) or --alpha")
+        return None
+    if has_multipliers:
+        raise UsageError("give either --strategy/--alpha with --flops, or --width/--depth/"
+                         "--resolution/--group-width, not both")
+    if strategy is not None and alpha is not None:
+        raise UsageError("give --strategy or --alpha, not both")
+    if flops_target is None:
+        raise UsageError("--strategy/--alpha need a flops target: --flops 2x (or 4G)")
+    return _checked(parse_strategy, strategy) if strategy else _checked(alpha_weights, alpha)
+
+
+def scale_summary(output: str, outcome, multipliers, difference) -> dict:
+    """The ``scale --json`` object."""
+
+    def figures(report):
+        return {"flops": report.flops, "params": report.params, "acts": report.acts,
+                "inputs": report.inputs}
+
+    details = {edit.kind: edit.details for edit in outcome.edits}
+    result = {"output": output, "base": figures(outcome.base), "scaled": figures(outcome.scaled),
+              "multipliers": multipliers.as_dict(), "exact": outcome.exact,
+              "groups": details.get("width", {}).get("groups", []),
+              "stages": details.get("depth", {}).get("stages", []),
+              "notes": [note for edit in outcome.edits for note in edit.notes],
+              "edits": [{"kind": e.kind, "exact": e.exact, **e.details} for e in outcome.edits]}
+    if difference is not None:
+        result["verified_rel_l2"] = difference
+    return result
+
+
+# ---- zoo --------------------------------------------------------------------------------------
+
+@main.group()
+def zoo() -> None:
+    """Built-in base models (pycls architectures, random weights), usable as zoo:NAME."""
+
+
+@zoo.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def zoo_list(as_json: bool) -> None:
+    """List the built-in models.
+
+    Example: onnxscale zoo list
+    """
+    from . import zoo as zoo_models
+
+    entries = [{"name": name, "description": zoo_models.describe(name)}
+               for name in zoo_models.names()]
+    if as_json:
+        print_json({"models": entries})
+        return
+    from .render import print_zoo
+
+    print_zoo(entries)
+
+
+@zoo.command("export")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output file "
+              "(default: NAME.onnx in the current folder).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def zoo_export(name: str, output: str | None, seed: int) -> None:
+    """Write built-in model NAME as an .onnx file.
+
+    Example: onnxscale zoo export resnet-50 -o resnet50.onnx
+    """
+    from pathlib import Path
+
+    from . import zoo as zoo_models
+    from .model import save_model
+
+    name = name[4:] if name.startswith("zoo:") else name
+    target = save_model(zoo_models.build(name, seed=seed), Path(output or f"{name}.onnx"))
+    click.echo(f"wrote {target}")
+
+
+# ---- blocks -----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("model")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+def blocks(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """List MODEL's stages and blocks, and which blocks depth scaling can repeat.
+
+    Example: onnxscale blocks zoo:efficientnet-b0
+    """
+    from .scaling.blocks import describe, find_blocks
+
+    loaded, graph = load_graph(model, input_shapes)
+    result = {"model": loaded.source,
+              "inputs": {name: list(dims) for name, dims in graph.inputs.items()},
+              **describe(find_blocks(graph))}
+    if as_json:
+        print_json(result)
+        return
+    from .render import print_blocks
+
+    print_blocks(result)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich import box
 
 from .complexity import Report
 
@@ -58,3 +59,239 @@ def _layer_table(report: Report) -> Table:
         table.add_row(layer.name, layer.op, dims(layer.output_shape), str(layer.stage),
                       f"{layer.flops:,}", f"{layer.params:,}", f"{layer.acts:,}")
     return table
+
+
+def print_scale(result: dict, console: Console | None = None) -> None:
+    """Base vs scaled complexity, and what each rewrite did."""
+    console = console or Console()
+    table = Table(title=f"Scaled model written to {result['output']}", title_justify="left")
+    for column in ("", "flops", "params", "acts", "inputs"):
+        table.add_column(column, justify="left" if column in ("", "inputs") else "right")
+    base, scaled = result["base"], result["scaled"]
+    for label, figures in (("base", base), ("scaled", scaled)):
+        inputs = ", ".join(f"{n} {dims(s)}" for n, s in figures["inputs"].items())
+        table.add_row(label, human(figures["flops"]), human(figures["params"]),
+                      human(figures["acts"]), inputs)
+    table.add_row("ratio", *(f"x{scaled[k] / base[k]:.3f}" if base[k] else "-"
+                             for k in ("flops", "params", "acts")), "", style="bold")
+    console.print(table)
+    multipliers = ", ".join(f"{k}={v:g}" for k, v in result["multipliers"].items())
+    exact = "yes: outputs equal the base model's" if result["exact"] else "no"
+    console.print(f"multipliers: {multipliers}; function preserved: {exact}")
+    if "verified_rel_l2" in result:
+        console.print(f"verified in ONNX Runtime: relative L2 difference "
+                      f"{result['verified_rel_l2']:.2e}")
+    for note in result["notes"]:
+        console.print(f"[dim]note: {note}[/]")
+
+
+def print_zoo(entries: list[dict], console: Console | None = None) -> None:
+    console = console or Console()
+    table = Table(title="Built-in models (use as zoo:NAME)", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for entry in entries:
+        table.add_row(entry["name"], entry["description"])
+    console.print(table)
+
+
+def print_blocks(result: dict, console: Console | None = None) -> None:
+    """Stages and their blocks (``onnxscale blocks``)."""
+    console = console or Console()
+    inputs = ", ".join(f"{name} {dims(shape)}" for name, shape in result["inputs"].items())
+    console.print(f"[bold]{result['model']}[/]  inputs: {inputs}")
+    table = Table(title="Stages and blocks", title_justify="left")
+    for column in ("stage", "resolution", "width", "block", "kind", "nodes", "repeatable"):
+        table.add_column(column, justify="right" if column in ("stage", "width", "block")
+                         else "left", overflow="fold")
+    for stage in result["stages"]:
+        for number, block in enumerate(stage["blocks"], start=1):
+            head = number == 1
+            nodes = f"{block['first']} .. {block['last']} ({block['nodes']})"
+            mark = "[green]yes[/]" if block["repeatable"] else "[yellow]no[/]"
+            table.add_row(str(stage["index"]) if head else "", stage["resolution"] if head else "",
+                          str(stage["width"]) if head else "", str(number), block["kind"], nodes,
+                          f"{mark}: {block['why']}")
+        table.add_section()
+    console.print(table)
+    others = [p for p in result["pieces"] if p["kind"] in ("stem", "head", "other")]
+    for piece in others:
+        console.print(f"[dim]{piece['kind']}: {piece['first']} .. {piece['last']} "
+                      f"({piece['nodes']} nodes, {dims(piece['in_shape'])} -> "
+                      f"{dims(piece['out_shape'])}), not a repeatable block[/]")
+
+
+# ---- bench / results -----------------------------------------------------------------------
+
+def short_model_names(rows: list[dict]) -> dict[str, str]:
+    """Model labels for tables: file names instead of paths, unless two files share a name."""
+    from pathlib import PurePath
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    names = {m: PurePath(m).name if not m.startswith("zoo:") else m for m in models}
+    if len(set(names.values())) < len(names):
+        return {m: m for m in models}
+    return names
+
+
+def fmt_ms(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.2f}" if value < 1000 else f"{value:.0f}"
+
+
+def bench_progress(enabled: bool):
+    """A rich progress bar on stderr (so --json stdout stays one object); refreshed by the
+    runner between timed runs, never by a background thread that would steal CPU time."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn,
+                               TextColumn, TimeElapsedColumn)
+
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
+        return None
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TextColumn("{task.fields[phase]}"), TimeElapsedColumn(),
+                    console=console, auto_refresh=False, transient=True)
+
+
+def print_bench(rows: list[dict], fingerprint: dict, db_path) -> None:
+    from .bench.fingerprint import label
+    from .store import compare_providers
+
+    console = Console()
+    wide = console.width >= 112  # narrow terminals get the core columns; --json has them all
+    table = Table(title="onnxscale bench", title_justify="left", box=box.SIMPLE_HEAD,
+                  padding=(0, 1))
+    table.add_column("model", overflow="fold", min_width=10)
+    table.add_column("provider", overflow="fold", min_width=8)
+    columns = [("batch", lambda r: str(r["batch"])), ("p50 ms", lambda r: fmt_ms(r["p50_ms"]))]
+    if console.width >= 96:
+        columns.append(("p90 ms", lambda r: fmt_ms(r["p90_ms"])))
+    if wide:
+        columns.append(("p99 ms", lambda r: fmt_ms(r["p99_ms"])))
+    columns += [("CV", lambda r: f"{r['cv'] * 100:.1f}%"),
+                ("items/s", lambda r: f"{r['throughput']:.1f}"), ("runs", lambda r: str(r["runs"]))]
+    if wide:
+        columns += [("create ms", lambda r: fmt_ms(r["session_create_ms"])),
+                    ("first ms", lambda r: fmt_ms(r["first_run_ms"])),
+                    ("peak MB", lambda r: f"{r['peak_host_mb']:.0f}" if r.get("peak_host_mb")
+                     else "-")]
+    for name, _ in columns:
+        table.add_column(name, justify="right", no_wrap=True)
+    problems: dict[tuple[str, str, str], list[str]] = {}
+    names = short_model_names(rows)
+    for row in rows:
+        model = names[row["model"]]
+        if row.get("available"):
+            table.add_row(model, row["provider"], *[fmt(row) for _, fmt in columns])
+        else:
+            status = "n/a" if row["status"] == "unavailable" else row["status"]
+            table.add_row(model, row["provider"], str(row["batch"]), f"[yellow]{status}[/]",
+                          *[""] * (len(columns) - 2))
+            key = (row["provider"], row["status"], row.get("reason") or "")
+            problems.setdefault(key, []).append(f"{model} b{row['batch']}")
+    console.print(table)
+    for (provider, status, reason), where in problems.items():
+        scope = where[0] if len(where) == 1 else f"{len(where)} configurations"
+        console.print(f"[yellow]{provider} {status}[/] ({scope}): {reason}", highlight=False,
+                      soft_wrap=True)
+    side = [e for e in compare_providers(rows) if len(e["p50_ms"]) + len(e["unavailable"]) > 1]
+    if side:
+        print_side_by_side(console, side)
+    console.print(f"[dim]{label(fingerprint)} · onnxruntime {fingerprint.get('ort_version')} · "
+                  f"machine {fingerprint.get('id')}"
+                  + (f" · saved to {db_path}" if db_path else "") + "[/]", highlight=False,
+                  soft_wrap=True)
+
+
+def settings_text(entry: dict) -> str:
+    threads = entry.get("threads")
+    return f"{threads if threads else 'auto'} {entry.get('precision') or 'fp32'}"
+
+
+def print_side_by_side(console, entries: list[dict], machines: dict | None = None) -> None:
+    from rich.table import Table
+
+    order = {fid: i for i, fid in enumerate(machines or {})}
+    entries = sorted(entries, key=lambda e: (e["model"], e["batch"], settings_text(e),
+                                             order.get(e.get("fingerprint"), len(order))))
+    labels: list[str] = []
+    for entry in entries:
+        for lbl in list(entry["p50_ms"]) + list(entry["unavailable"]):
+            if lbl not in labels:
+                labels.append(lbl)
+    show_settings = len({settings_text(e) for e in entries}) > 1
+    table = Table(title="p50 ms (speedup over baseline)", title_justify="left",
+                  box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("model", overflow="fold")
+    table.add_column("batch", justify="right")
+    if show_settings:
+        table.add_column("threads/prec")
+    if machines is not None:
+        table.add_column("machine", overflow="fold")
+    for lbl in labels:
+        table.add_column(lbl, justify="right")
+    names = short_model_names(entries)
+    for entry in entries:
+        cells = [names[entry["model"]], str(entry["batch"])]
+        if show_settings:
+            cells.append(settings_text(entry))
+        if machines is not None:
+            cells.append(machines.get(entry["fingerprint"], entry["fingerprint"] or "?"))
+        for lbl in labels:
+            if lbl in entry["p50_ms"]:
+                cell = fmt_ms(entry["p50_ms"][lbl])
+                speedup = entry["speedup"].get(lbl)
+                if speedup is not None and lbl != entry["baseline"]:
+                    cell += f" ({speedup:.2f}x)"
+                elif lbl == entry["baseline"] and len(entry["p50_ms"]) > 1:
+                    cell += " (base)"
+            elif lbl in entry["unavailable"]:
+                cell = "[yellow]n/a[/]"
+            else:
+                cell = ""
+            cells.append(cell)
+        table.add_row(*cells)
+    console.print(table)
+
+
+def print_results(path, rows: list[dict], fingerprints: dict, side: list[dict], across: list[dict],
+                  filtered: bool) -> None:
+    """`onnxscale results`: providers side by side, then one model across machines."""
+    from .bench.fingerprint import label
+
+    console = Console()
+    if not rows:
+        console.print(f"no results in {path}" + (" matching the filters" if filtered else ""))
+        return
+    machines = {fid: f"{fid[:8]} {label(fp)}" for fid, fp in fingerprints.items()}
+    print_side_by_side(console, side, machines if len(
+        {e["fingerprint"] for e in side}) > 1 else None)
+    if across:
+        ids = list(dict.fromkeys(fid for e in across for fid in e["p50_ms"]))
+
+        table = Table(title="one model across machines: p50 ms (ratio to the first)",
+                      title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        for name in ("model", "batch", "provider", "threads/prec"):
+            table.add_column(name, overflow="fold")
+        for fid in ids:
+            table.add_column(machines.get(fid, fid), justify="right")
+        across.sort(key=lambda e: (e["model"], e["batch"], e["provider"], settings_text(e)))
+        names = short_model_names(across)
+        for entry in across:
+            cells = [names[entry["model"]], str(entry["batch"]), entry["provider"],
+                     settings_text(entry)]
+            for fid in ids:
+                if fid in entry["p50_ms"]:
+                    cells.append(f"{fmt_ms(entry['p50_ms'][fid])} ({entry['ratio'][fid]:.2f}x)")
+                else:
+                    cells.append("")
+            table.add_row(*cells)
+        console.print(table)
+    problems = [r for r in rows if not r.get("available")]
+    if problems:
+        console.print(f"[dim]{len(problems)} configuration(s) unavailable or failed; "
+                      f"--json lists their reasons[/]", highlight=False)
+    console.print(f"[dim]{len(rows)} result(s) from {len(fingerprints)} machine(s) in {path}[/]",
+                  highlight=False)

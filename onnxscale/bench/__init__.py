@@ -1,0 +1,115 @@
+"""Runtime measurement on ONNX Runtime execution providers.
+
+    >>> from onnxscale.bench import BenchSettings, run_bench
+    >>> report = run_bench(["model.onnx"], ["CPUExecutionProvider"], [1, 8],
+    ...                    BenchSettings(threads=1, runs=50))
+    >>> report.rows[0]["p50_ms"]
+
+`run_bench` loads every model first (so a bad path fails before any timing), then measures each
+(model, batch, provider) configuration in that order (providers of one model and batch measured
+back to back, so their ratio is least affected by drift) and saves each row to the results store
+as soon as it is measured.  See `runner` for the timing method, `providers` for names, options and
+availability, `fingerprint` for the machine record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import OnnxscaleError
+from ..model import LoadedModel, load_model
+from . import fingerprint as fingerprint_mod
+from .providers import (CPU, availability, parse_provider_options, parse_providers,
+                        resolve_provider, short_name)
+from .runner import BenchSettings, PreparedModel, default_cache_dir, key_options, measure, prepare
+
+__all__ = [
+    "BenchInterrupted", "BenchReport", "BenchSettings", "CPU", "availability", "default_cache_dir",
+    "model_hash", "parse_provider_options", "parse_providers", "resolve_provider", "run_bench",
+    "short_name",
+]
+
+
+class BenchInterrupted(OnnxscaleError):
+    """Ctrl-C or SIGTERM during ``bench``; finished rows are already stored."""
+
+    exit_code = 130
+
+
+@dataclass
+class BenchReport:
+    rows: list[dict] = field(default_factory=list)
+    fingerprint: dict = field(default_factory=dict)
+    planned: int = 0
+
+
+def model_hash(loaded: LoadedModel) -> str:
+    """sha256 of the model's content (deterministic serialization, external data inlined)."""
+    return hashlib.sha256(loaded.proto.SerializeToString(deterministic=True)).hexdigest()
+
+
+ProgressFn = Callable[[int, int, str, str, float | None], None]
+"""progress(done configs, total configs, description, phase, fraction of phase or None)"""
+
+
+def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
+              batches: list[int | None],
+              settings: BenchSettings, *, store=None, resume: bool = False,
+              progress: ProgressFn | None = None,
+              on_row: Callable[[dict], None] | None = None) -> BenchReport:
+    """Measure every (model, batch, provider); rows are saved to ``store`` one by one.
+
+    ``resume``: configurations already measured on this machine are taken from the store.
+    Raises `OnnxscaleError` for unusable models or arguments before any timing starts;
+    KeyboardInterrupt propagates (rows finished so far are in the store).
+    """
+    loaded = [m if isinstance(m, LoadedModel) else load_model(m) for m in models]
+    fp = fingerprint_mod.collect()
+    if store is not None:
+        store.save_fingerprint(fp)
+    report = BenchReport(fingerprint=fp)
+
+    # Plan everything first: input shapes, rebatching, and errors the user must fix.
+    plan: list[tuple[LoadedModel, str, PreparedModel, str]] = []
+    for model in loaded:
+        digest = model_hash(model)
+        seen_batches: set[int] = set()
+        for batch in batches:
+            prepared = prepare(model.proto, batch, settings.input_shapes, model.source)
+            if prepared.batch in seen_batches:
+                continue
+            seen_batches.add(prepared.batch)
+            for provider in providers:
+                plan.append((model, digest, prepared, provider))
+    report.planned = len(plan)
+
+    for index, (model, digest, prepared, provider) in enumerate(plan):
+        desc = f"{model.source} · {short_name(provider)} · batch {prepared.batch}"
+        if progress is not None:
+            progress(index, len(plan), desc, "starting", None)
+        row = None
+        if resume and store is not None:
+            options = key_options(provider, prepared, settings)
+            stored = store.get(digest, provider, options, prepared.batch, fp["id"])
+            if stored is not None and stored.get("available"):
+                row = dict(stored, cached=True)
+        if row is None:
+            def phase(name: str, fraction: float | None, _i=index, _d=desc) -> None:
+                if progress is not None:
+                    progress(_i, len(plan), _d, name, fraction)
+
+            row = measure(prepared, provider, settings, model=model.source, model_hash=digest,
+                          progress=phase)
+            row["fingerprint"] = fp["id"]
+            row["measured_at"] = time.time()
+            if store is not None:
+                store.save(row)
+        report.rows.append(row)
+        if on_row is not None:
+            on_row(row)
+        if progress is not None:
+            progress(index + 1, len(plan), desc, "done", None)
+    return report

@@ -1,0 +1,304 @@
+"""The results database: every benchmark measurement, in SQLite.
+
+One row per (model content hash, provider, options, batch, machine fingerprint); measuring the
+same configuration again replaces the row, so the table never holds duplicates.  Each row is
+committed on its own, in WAL mode with a busy timeout, so an interrupted ``bench`` keeps every
+configuration it finished and several processes can write at once.
+
+The database lives at ``$ONNXSCALE_DB`` if set, else in the user's data folder
+(``$XDG_DATA_HOME/onnxscale/results.db``, ``~/.local/share/onnxscale/results.db``; the
+platform's equivalent on macOS and Windows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+from .errors import OnnxscaleError
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 60.0
+
+# Columns copied out of the row dict for querying; the full row is kept as JSON in `data`.
+_METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "throughput",
+            "runs", "session_create_ms", "first_run_ms", "peak_host_mb")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS fingerprints (
+    id TEXT PRIMARY KEY,
+    data TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    model_hash TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    options TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL REFERENCES fingerprints(id),
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    available INTEGER NOT NULL,
+    reason TEXT,
+    {", ".join(f"{m} REAL" for m in _METRICS)},
+    measured_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (model_hash, provider, options, batch, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS results_model ON results (model);
+CREATE INDEX IF NOT EXISTS results_fingerprint ON results (fingerprint);
+"""
+
+
+def default_db_path() -> Path:
+    """``$ONNXSCALE_DB``, else ``<user data dir>/onnxscale/results.db``."""
+    env = os.environ.get("ONNXSCALE_DB")
+    if env:
+        return Path(env).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return base / "onnxscale" / "results.db"
+
+
+def options_key(options: dict) -> str:
+    """Canonical JSON of a configuration's options (the `options` part of the row key)."""
+    return json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
+
+
+class ResultStore:
+    """A results database; use as a context manager or call `close()`."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path).expanduser() if path is not None else default_db_path()
+        if self.path.is_dir():
+            raise OnnxscaleError(f"{self.path}: is a directory, expected a database file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OnnxscaleError(f"{self.path}: cannot create its folder ({exc.strerror})") from exc
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves
+            self._conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S,
+                                         isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._init_schema()
+        except sqlite3.DatabaseError as exc:
+            raise OnnxscaleError(f"{self.path}: not a usable results database ({exc})") from exc
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _init_schema(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise OnnxscaleError(f"{self.path}: written by a newer onnxscale (schema {version}; "
+                                 f"this one reads {SCHEMA_VERSION})")
+        if version == SCHEMA_VERSION:
+            return
+        with self._write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _write(self):
+        return _Transaction(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def save_fingerprint(self, fingerprint: dict) -> str:
+        fid = fingerprint["id"]
+        now = time.time()
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO fingerprints (id, data, first_seen, last_seen) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET data = excluded.data, "
+                "last_seen = excluded.last_seen",
+                (fid, json.dumps(fingerprint, sort_keys=True), now, now))
+        return fid
+
+    def save(self, row: dict) -> None:
+        """Insert or replace one measurement (committed before returning).
+
+        ``row`` needs model_hash, provider, options (dict), batch, fingerprint, model, status,
+        available; metrics are optional.
+        """
+        key = options_key(row["options"])
+        provider = row.get("provider_name") or row["provider"]  # full onnxruntime name
+        values = [row["model_hash"], provider, key, int(row["batch"]), row["fingerprint"],
+                  row["model"], row["status"], 1 if row["available"] else 0, row.get("reason")]
+        values += [row.get(m) for m in _METRICS]
+        values += [row.get("measured_at") or time.time(), json.dumps(row, default=str)]
+        columns = ("model_hash, provider, options, batch, fingerprint, model, status, available, "
+                   "reason, " + ", ".join(_METRICS) + ", measured_at, data")
+        updates = ", ".join(f"{c.strip()} = excluded.{c.strip()}"
+                            for c in columns.split(",")[5:])
+        with self._write():
+            self._conn.execute(
+                f"INSERT INTO results ({columns}) VALUES ({', '.join('?' * len(values))}) "
+                f"ON CONFLICT (model_hash, provider, options, batch, fingerprint) DO UPDATE SET "
+                f"{updates}", values)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, model_hash: str, provider: str, options: dict, batch: int,
+            fingerprint: str) -> dict | None:
+        """The stored row for one configuration (``provider`` is the full onnxruntime name)."""
+        cur = self._conn.execute(
+            "SELECT data FROM results WHERE model_hash = ? AND provider = ? AND options = ? "
+            "AND batch = ? AND fingerprint = ?",
+            (model_hash, provider, options_key(options), int(batch), fingerprint))
+        found = cur.fetchone()
+        return json.loads(found["data"]) if found else None
+
+    def rows(self, *, model: str | None = None, providers: list[str] | None = None,
+             fingerprint: str | None = None, available_only: bool = False) -> list[dict]:
+        """Stored rows, oldest first; ``model`` matches a substring of the model name or a
+        prefix of its content hash; ``providers`` are full onnxruntime names."""
+        sql = "SELECT data FROM results WHERE 1 = 1"
+        args: list = []
+        if model:
+            sql += " AND (instr(model, ?) > 0 OR model_hash LIKE ?)"
+            args += [model, model + "%"]
+        if providers:
+            sql += f" AND provider IN ({', '.join('?' * len(providers))})"
+            args += list(providers)
+        if fingerprint:
+            sql += " AND fingerprint LIKE ?"
+            args.append(fingerprint + "%")
+        if available_only:
+            sql += " AND available = 1"
+        sql += " ORDER BY measured_at, rowid"
+        return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
+
+    def count(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def fingerprints(self) -> dict[str, dict]:
+        cur = self._conn.execute("SELECT id, data FROM fingerprints ORDER BY first_seen")
+        return {r["id"]: json.loads(r["data"]) for r in cur}
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rollback on error), so writers queue on the lock."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+
+    def __enter__(self):
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self._conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        return False
+
+
+# -- comparisons (pure functions over rows) --------------------------------------------------------
+
+def variant_label(row: dict) -> str:
+    """Provider name plus what sets this row apart from the provider's defaults
+    (``cuda+graph``, ``cpu+iob``, ``tensorrt[trt_fp16_enable=1]``)."""
+    from .bench.providers import DEVICE_MEMORY
+
+    label = row.get("provider") or "?"
+    if row.get("cuda_graph"):
+        label += "+graph"
+    default_iob = row.get("provider_name") in DEVICE_MEMORY
+    if row.get("io_binding") is not None and bool(row.get("io_binding")) != default_iob and \
+            not row.get("cuda_graph"):
+        label += "+iob" if row.get("io_binding") else "-iob"
+    options = row.get("provider_options") or {}
+    if options:
+        label += "[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]"
+    return label
+
+
+def _setting_key(row: dict) -> tuple:
+    return (row.get("threads"), row.get("precision"),
+            options_key(row.get("inputs") or {}), options_key(row.get("session_config") or {}))
+
+
+def compare_providers(rows: list[dict], baseline: str = "cpu") -> list[dict]:
+    """Providers side by side: one entry per (model, batch, machine, settings) with each
+    provider variant's p50 and its speedup over ``baseline`` (a short provider name; the first
+    measured variant of the group when the baseline is missing)."""
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["model_hash"], row["batch"], row.get("fingerprint"), _setting_key(row))
+        entry = groups.setdefault(key, {
+            "model": row["model"], "model_hash": row["model_hash"], "batch": row["batch"],
+            "fingerprint": row.get("fingerprint"), "threads": row.get("threads"),
+            "precision": row.get("precision"), "p50_ms": {}, "speedup": {}, "unavailable": {},
+            "baseline": None,
+        })
+        label = variant_label(row)
+        if row.get("available") and row.get("p50_ms"):
+            entry["p50_ms"][label] = row["p50_ms"]
+            entry["unavailable"].pop(label, None)
+        elif label not in entry["p50_ms"]:
+            entry["unavailable"][label] = row.get("reason") or row.get("status")
+    out = []
+    for entry in groups.values():
+        times = entry["p50_ms"]
+        base = next((lbl for lbl in times if lbl == baseline), None) or \
+            next((lbl for lbl in times if lbl.split("+")[0].split("[")[0] == baseline), None) or \
+            next(iter(times), None)
+        entry["baseline"] = base
+        if base is not None:
+            entry["speedup"] = {lbl: times[base] / t for lbl, t in times.items() if t}
+        out.append(entry)
+    return out
+
+
+def compare_machines(rows: list[dict]) -> list[dict]:
+    """One model across machines: per (model, batch, provider variant, settings), p50 on each
+    fingerprint and the ratio to the first machine that measured it.  Only groups measured on
+    two or more machines are returned."""
+    groups: dict[tuple, dict] = {}
+    for row in rows:
+        if not (row.get("available") and row.get("p50_ms")):
+            continue
+        label = variant_label(row)
+        key = (row["model_hash"], row["batch"], label, _setting_key(row))
+        entry = groups.setdefault(key, {
+            "model": row["model"], "model_hash": row["model_hash"], "batch": row["batch"],
+            "provider": label, "threads": row.get("threads"), "precision": row.get("precision"),
+            "p50_ms": {}, "ratio": {},
+        })
+        entry["p50_ms"][row.get("fingerprint")] = row["p50_ms"]
+    out = []
+    for entry in groups.values():
+        if len(entry["p50_ms"]) < 2:
+            continue
+        first = next(iter(entry["p50_ms"].values()))
+        entry["ratio"] = {fid: t / first for fid, t in entry["p50_ms"].items()}
+        out.append(entry)
+    return out
