@@ -81,7 +81,9 @@ def load_graph(model: str, input_shapes: tuple[str, ...]):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--layers", "show_layers", is_flag=True, help="Also show every layer.")
 def analyze(model: str, input_shapes: tuple[str, ...], as_json: bool, show_layers: bool) -> None:
-    """Count flops, params and activations of MODEL (a .onnx path or zoo:NAME).
+    """Count flops, params and activations per layer and stage.
+
+    MODEL is a .onnx path or zoo:NAME.
 
     Example: onnxscale analyze zoo:efficientnet-b0 --layers
     """
@@ -196,7 +198,7 @@ def _bench_settings(threads, precision, warmup, runs, seconds, io_binding, cuda_
 def bench(ctx: click.Context, models, provider_spec, batch_spec, threads, precision, warmup, runs,
           seconds, io_binding, cuda_graph, provider_options, input_shapes, db_path, no_save,
           resume, cache_dir, as_json) -> None:
-    """Measure MODEL runtimes on ONNX Runtime execution providers.
+    """Time models on ONNX Runtime execution providers.
 
     Each (model, batch, provider) is timed after an adaptive warm-up; unavailable providers
     (or ones the session silently replaced by CPU) are reported with the reason.  Results go to
@@ -282,8 +284,9 @@ def bench(ctx: click.Context, models, provider_spec, batch_spec, threads, precis
               help="Provider the speedups are relative to.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def results(db_path, model_filter, provider_spec, machine_filter, baseline, as_json) -> None:
-    """List stored measurements: providers side by side with speedups, one model across
-    machines."""
+    """List stored measurements side by side.
+
+    Providers side by side with speedups, and one model across machines."""
     from pathlib import Path
 
     from .bench import parse_providers, short_name
@@ -359,7 +362,7 @@ def _positive(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, no_search,
           batch, init, divisor, output, verify, seed, input_shapes, as_json):
-    """Scale MODEL's width, depth and/or input resolution and write a runnable ONNX model.
+    """Scale width, depth and resolution to a new ONNX model.
 
     Either give multipliers (--width/--depth/--resolution/--group-width) or a strategy and a
     flops target (--strategy dWr --flops 2x); the target is met through the rounding by
@@ -370,7 +373,7 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
     """
     from pathlib import Path
 
-    from .model import load_model, parse_input_shapes, save_model
+    from .model import load_model, parse_input_shapes, save_model, serialize
     from .scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
                                    default_output, scale_model, stamp)
 
@@ -392,10 +395,17 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
         multipliers = Multipliers(d=depth or 1.0, w=width or 1.0, g=group_width or 1.0,
                                   r=resolution or 1.0)
         outcome = scale_model(loaded.proto, shapes, multipliers, options)
+    if verify and outcome.inputs != outcome.base.inputs:
+        raise OnnxscaleError("--verify runs both models on the same inputs, but the scaled "
+                             "model's input size differs (--resolution or --batch)")
     scaled = stamp(outcome, loaded.source, multipliers, options)
-    check(scaled)
     target = Path(output) if output else default_output(loaded.source, multipliers, options)
-    save_model(scaled, target, protect=loaded.path)
+    data = serialize(scaled)  # once: checking and writing a big model both need the bytes
+    if data is not None:
+        check(data)
+    save_model(scaled, target, protect=loaded.path, data=data)
+    if data is None:  # over 2 GiB: written with external data, checked from the file
+        check(str(target))
     difference = None
     if verify:
         difference = compare_outputs(loaded.proto, scaled, outcome.base.inputs)
@@ -528,3 +538,33 @@ def blocks(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
     from .render import print_blocks
 
     print_blocks(result)
+
+
+# ---- groups -----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("model")
+@input_shape_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def groups(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
+    """List MODEL's channel groups: the channels width scaling must change together.
+
+    Each group shows its width, the layers that produce and read it, and whether it can be
+    widened (graph inputs, graph outputs and unsupported ops pin a group, with the reason).
+
+    Example: onnxscale groups zoo:regnety-400mf
+    """
+    from .scaling.groups import find_groups
+
+    loaded, graph = load_graph(model, input_shapes)
+    found = find_groups(graph).groups()
+    result = {"model": loaded.source,
+              "inputs": {name: list(dims) for name, dims in graph.inputs.items()},
+              "scalable": sum(group.scalable for group in found),
+              "groups": [group.to_json() for group in found]}
+    if as_json:
+        print_json(result)
+        return
+    from .render import print_groups
+
+    print_groups(result)

@@ -137,10 +137,25 @@ def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int
     return shapes
 
 
-def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None) -> Path:
+def serialize(proto: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None when it is too large for one protobuf (over 2 GiB).
+
+    Serializing a big model costs seconds, so callers serialize once and pass the bytes to
+    both the checker and `save_model`.
+    """
+    try:
+        data = proto.SerializeToString()
+    except ValueError:  # protobuf refuses messages over 2 GiB
+        return None
+    return data if len(data) <= EXTERNAL_DATA_THRESHOLD else None
+
+
+def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None,
+               data: bytes | None = None) -> Path:
     """Write ``proto`` to ``out`` atomically; never overwrite ``protect`` (the input model).
 
-    Models too large for one protobuf get their weights as external data in ``OUT.data``.
+    ``data`` is the model already serialized (see `serialize`), if the caller has it.  Models
+    too large for one protobuf get their weights as external data in ``OUT.data``.
     """
     out = Path(out)
     if protect is not None and out.exists() and out.resolve() == Path(protect).resolve():
@@ -150,11 +165,12 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
     folder = out.resolve().parent
     if not folder.is_dir():
         raise OnnxscaleError(f"{out}: folder '{folder}' does not exist")
-    large = proto.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    if data is None:
+        data = serialize(proto)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        if large:
+        if data is None:
             data_name = out.name + ".data"
             tmp_data = folder / f".{data_name}.tmp"
             onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -163,7 +179,8 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
             os.replace(tmp_data, folder / data_name)
         else:
             with open(tmp, "wb") as handle:
-                handle.write(proto.SerializeToString())
+                handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are ordinary
         os.replace(tmp, out)
     except OSError as exc:
         raise OnnxscaleError(f"{out}: cannot write ({exc.strerror})") from exc
@@ -171,6 +188,12 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _rename_external_location(model_file: str, old: str, new: str) -> None:

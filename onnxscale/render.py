@@ -295,3 +295,26 @@ def print_results(path, rows: list[dict], fingerprints: dict, side: list[dict], 
                       f"--json lists their reasons[/]", highlight=False)
     console.print(f"[dim]{len(rows)} result(s) from {len(fingerprints)} machine(s) in {path}[/]",
                   highlight=False)
+
+
+def print_groups(result: dict, console: Console | None = None) -> None:
+    """Channel groups: width, producing and reading layers, scalable or why not."""
+    console = console or Console()
+    table = Table(title=f"Channel groups of {result['model']}", title_justify="left")
+    for column in ("id", "width", "kind", "produced by", "read by", "scalable"):
+        table.add_column(column, justify="right" if column in ("id", "width") else "left",
+                         overflow="fold")
+    for group in result["groups"]:
+        scalable = "yes" if group["scalable"] else f"[yellow]no: {group['reason']}[/]"
+        if group["scalable"] and group["caveats"]:
+            scalable += f" [dim](not exact: {group['caveats'][0]})[/]"
+        table.add_row(str(group["id"]), str(group["width"]), group["kind"],
+                      _first(group["producers"]), _first(group["consumers"]), scalable)
+    console.print(table)
+    console.print(f"{result['scalable']} of {len(result['groups'])} groups can be widened")
+
+
+def _first(names: list[str], shown: int = 2) -> str:
+    """The first names of a list, and how many more."""
+    text = ", ".join(names[:shown])
+    return text + (f" +{len(names) - shown}" if len(names) > shown else "") or "-"

@@ -133,8 +133,12 @@ def stamp(outcome: ScaleOutcome, source: str, multipliers: Multipliers,
     return model
 
 
-def check(model: onnx.ModelProto, full: bool = False) -> None:
-    """onnx's checker; a failure here is our bug, reported with the checker's first line."""
+def check(model: onnx.ModelProto | bytes | str, full: bool = False) -> None:
+    """onnx's checker; a failure here is our bug, reported with the checker's first line.
+
+    Give the serialized bytes when you have them (a big model serializes in seconds), or the
+    path of a model saved with external data.
+    """
     try:
         onnx.checker.check_model(model, full_check=full)
     except Exception as exc:

@@ -1,0 +1,489 @@
+"""Depth scaling: repeat or remove the blocks of each stage (pycls's rule, stage by stage).
+
+Each stage found by `blocks.find_blocks` gets ``max(1, round(d * n))`` blocks:
+
+- **grow**: new blocks are copies of the stage's last repeatable block, chained after it.  A
+  plain block (no skip of its own, PP-LCNet) gets an identity skip in its copies.  A stage
+  with a single non-residual block (EfficientNet's first and last stages, a RegNet stage of
+  depth 1) grows the way EfficientNet and pycls build repeats: the block *instantiated* with
+  stride 1, input width = output width and an identity skip.  Widths that pycls derives from
+  the block's input width (Squeeze-Excite, MBConv expansion) follow the new input width;
+  whether the expansion does is learnt from the network's other stages.
+- **shrink**: the stage's last repeatable blocks are removed (never its transition).
+
+With ``init='preserve'`` a new block starts as the identity (its branch's last conv, BN or
+layer scale is zeroed, or its Squeeze-Excite gate closed), so the deeper network computes the
+same outputs; with ``init='random'`` new weights are drawn afresh (runtime studies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ..errors import OnnxscaleError
+from ..graph import FLOAT_TYPES, Graph
+from .blocks import Block, Stage, find_blocks, instantiation_problem, spatial_layer, weight_of
+from .pipeline import Edit, ScaleOptions
+from .protoedit import Tensors, copy_model, prune_dead, remove_attribute, set_attribute
+from .strategy import round_depth
+
+WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
+METADATA_READERS = {"Shape", "Size", "Identity", "CastLike"}
+
+
+def scale_depth(proto: onnx.ModelProto, graph: Graph, d: float, options: ScaleOptions) -> Edit:
+    """Set every stage's block count to ``max(1, round(d * n))``; never mutates ``proto``."""
+    found = find_blocks(graph)
+    if not any(stage.mode for stage in found.stages):
+        raise OnnxscaleError("depth: no repeatable blocks found (no residual blocks or stages "
+                             "of repeated layers); see `onnxscale blocks MODEL`")
+    editor = _Editor(copy_model(proto), graph, options, _expansion_tie(graph, found.stages))
+    rows, notes = [], []
+    for stage in found.stages:
+        rows.append(editor.scale_stage(stage, d, notes))
+    model = editor.finish()
+    exact = all(row["exact"] for row in rows)
+    if options.init == "random" and any(row["new"] > row["old"] for row in rows):
+        notes.append("new blocks have random weights (--init random): outputs differ")
+    return Edit("depth", model, exact, {"stages": rows}, notes)
+
+
+class _Editor:
+    """Accumulates block copies and removals on a copy of the model, then rebuilds its node
+    list in topological order (new blocks right after the block they follow)."""
+
+    def __init__(self, model: onnx.ModelProto, graph: Graph, options: ScaleOptions, tie: str):
+        self.model, self.graph, self.options, self.tie = model, graph, options, tie
+        self.tensors = Tensors(model)
+        self.names = self.tensors.names
+        self.nodes = {node.name: node for node in model.graph.node}
+        self.after: dict[str, list[onnx.NodeProto]] = {}
+        self.removed: set[str] = set()
+        self.renamed: dict[str, str] = {}
+        self.rng = np.random.default_rng(options.seed)
+
+    # ---- per stage ----------------------------------------------------------------------
+    def scale_stage(self, stage: Stage, d: float, notes: list[str]) -> dict:
+        old = len(stage.blocks)
+        new = round_depth(d, old) if stage.mode else old
+        row = {"stage": stage.index, "resolution": _resolution(stage.shape),
+               "width": _width(stage.shape), "old": old, "new": new, "mode": stage.mode,
+               "exact": True}
+        if not stage.mode and round_depth(d, old) != old:
+            notes.append(f"stage {stage.index} kept at {old} block(s): {stage.reason}")
+        if new > old:
+            row["new"], row["exact"] = self._grow(stage, new - old, notes)
+        elif new < old:
+            self._shrink(stage, new)
+            row["exact"] = False
+        return row
+
+    def _grow(self, stage: Stage, count: int, notes: list[str]) -> tuple[int, bool]:
+        """Chain ``count`` copies after the stage's last block: (new block count, exact)."""
+        template = stage.repeats[-1] if stage.repeats else stage.blocks[0]
+        plan = None
+        if stage.mode == "instantiate":
+            try:
+                plan = _Instance(self.graph, template, self.tie)
+            except OnnxscaleError as exc:
+                notes.append(f"stage {stage.index} kept at {len(stage.blocks)} block(s): {exc}")
+                return len(stage.blocks), True
+            width = template.out_shape[1]
+            notes.append(f"stage {stage.index}: its single block ({template.in_shape[1]}->"
+                         f"{width} channels) was repeated as a stride-1 {width}->{width} "
+                         f"instance with an identity skip")
+        last = stage.blocks[-1]
+        anchor = self.graph.producer[last.output].name
+        first_input = self.names.fresh(last.output + ".in")
+        _rename_output(self.nodes[anchor], last.output, first_input)
+        source = first_input
+        for copy in range(1, count + 1):
+            target = last.output if copy == count else self.names.fresh(f"{last.output}.r{copy}")
+            self.after.setdefault(anchor, []).extend(
+                self._copy(template, source, target, plan, f".r{copy}"))
+            source = target
+        return len(stage.blocks) + count, (self.options.init == "preserve"
+                                           and template.identity_copy)
+
+    def _shrink(self, stage: Stage, new: int) -> None:
+        """Drop the stage's last blocks; what read the stage's output reads the kept one's."""
+        kept, last = stage.blocks[new - 1].output, stage.blocks[-1].output
+        for block in stage.blocks[new:]:
+            self.removed.update(block.nodes)
+        self.renamed[kept] = last
+
+    # ---- copying one block ----------------------------------------------------------------
+    def _copy(self, block: Block, source: str, target: str, plan: "_Instance | None",
+              tag: str) -> list[onnx.NodeProto]:
+        """Nodes of one copy of ``block`` reading ``source`` and producing ``target``."""
+        graph = self.graph
+        skip_added = plan is not None or block.kind == "plain"
+        state = _CopyState({block.input: source}, plan, self._fills(block), _roles(graph, block),
+                           tag)
+        mapping = state.mapping
+        dropped = set(block.shortcut) if plan is not None and block.kind == "projection" else set()
+        out: list[onnx.NodeProto] = []
+        for name in block.nodes:
+            node = graph.node(name)
+            if name in dropped:
+                continue
+            if plan is not None and name == block.merge:
+                merged = self.names.fresh(node.output[0] + tag)
+                out.append(helper.make_node("Add", [source, mapping[block.branch]], [merged],
+                                            name=self.names.fresh(name + tag)))
+                mapping[node.output[0]] = merged
+                continue
+            clone = onnx.NodeProto()
+            clone.CopyFrom(node)
+            clone.name = self.names.fresh(name + tag)
+            for i, t in enumerate(node.input):
+                clone.input[i] = self._input(node, i, t, state)
+            for i, t in enumerate(node.output):
+                final = t == block.output and not skip_added
+                mapping[t] = clone.output[i] = target if final else (
+                    self.names.fresh(t + tag) if t else "")
+            if plan is not None:
+                plan.adjust(clone, node)
+            out.append(clone)
+        if skip_added and block.kind != "projection":
+            out.append(helper.make_node("Add", [source, mapping[block.output]], [target],
+                                        name=self.names.fresh(f"{block.output}.skip{tag}")))
+        elif skip_added:  # an instantiated projection block: its last op now makes ``target``
+            producer = next(n for n in reversed(out) if mapping[block.output] in n.output)
+            producer.output[list(producer.output).index(mapping[block.output])] = target
+        return out
+
+    def _fills(self, block: Block) -> dict:
+        """Inputs a preserving copy overwrites: zeroed branch ends, unit skip gains; keyed by
+        (node, input) and, for weights, by name (a weight's other readers see the same)."""
+        if self.options.init != "preserve":
+            return {}
+        fills: dict = {(n, i): fill for n, i, fill in (block.zero or [])}
+        fills.update({(n, i): 1.0 for n, i in block.gains})
+        for (name, i), fill in list(fills.items()):
+            source = weight_of(self.graph, self.graph.node(name).input[i])
+            if source:
+                fills[source] = fill
+        return fills
+
+    def _input(self, node: onnx.NodeProto, i: int, t: str, state: "_CopyState") -> str:
+        """The name a copied node reads for input ``i`` (a copied or new weight, a tensor of
+        the copy, or an outside tensor it shares)."""
+        graph, mapping, plan, fills, made, tag = (self.graph, state.mapping, state.plan,
+                                                  state.fills, state.made, state.tag)
+        source = weight_of(graph, t) if t else None
+        if source is None and t in mapping:
+            return mapping[t]
+        if source is None and (node.name, i) in fills:  # a computed bias to overwrite
+            shape = plan.input_shape(node, i) if plan else graph.shapes[t]
+            dtype = helper.tensor_dtype_to_np_dtype(graph.dtypes.get(t, onnx.TensorProto.FLOAT))
+            return self.tensors.add(np.full(shape, fills[(node.name, i)], dtype), t + tag)
+        if source is None or (node.op_type == "Identity" and t == source):
+            return t  # a weight alias: its readers copy the source, the alias's copy dies
+        tensor = graph.consts[source]
+        if tensor.data_type not in FLOAT_TYPES:
+            return t
+        if source in made:
+            return made[source]
+        if source not in fills and plan is None and self.options.init == "preserve":
+            made[source] = self._copy_tensor(tensor, source + tag)
+            return made[source]
+        array = graph.value(source)
+        if plan is not None:
+            array = plan.resize(source, array)
+        if source in fills:
+            array = np.full_like(array, fills[source])
+        elif self.options.init == "random":
+            array = _random_like(*state.roles.get(source, (node, i)), array, self.rng)
+        made[source] = self.tensors.add(array, source + tag)
+        return made[source]
+
+    def _copy_tensor(self, tensor: onnx.TensorProto, base: str) -> str:
+        """A byte copy of a weight under a new name (no numpy round trip: big models)."""
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensor)
+        copy.name = self.names.fresh(base)
+        self.model.graph.initializer.append(copy)
+        return copy.name
+
+    # ---- rebuilding ------------------------------------------------------------------------
+    def finish(self) -> onnx.ModelProto:
+        graph, model = self.graph, self.model
+        self._restore_needed()
+        indexed = {node.name for node in graph.nodes}
+        order = [node for node in model.graph.node if node.name not in indexed]  # Constants
+        for node in graph.nodes:
+            if node.name in self.removed:
+                continue
+            order.append(self.nodes[node.name])
+            order.extend(self.after.get(node.name, []))
+        for node in order:
+            for i, t in enumerate(node.input):
+                node.input[i] = self.renamed.get(t, t)
+            for i, t in enumerate(node.output):
+                node.output[i] = self.renamed.get(t, t)
+        del model.graph.node[:]
+        model.graph.node.extend(order)
+        prune_dead(model)
+        produced = {t for node in model.graph.node for t in node.output}
+        kept = [v for v in model.graph.value_info if v.name in produced]
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(kept)
+        return model
+
+    def _restore_needed(self) -> None:
+        """Keep removed nodes whose results other nodes still read (shared shape arithmetic)."""
+        while True:
+            live = [n for n in self.graph.nodes if n.name not in self.removed]
+            needed = {self.renamed.get(t, t) for n in live for t in n.input}
+            needed |= set(self.graph.outputs)
+            back = {n.name for n in self.graph.nodes if n.name in self.removed
+                    and any(t in needed and t not in self.renamed.values() for t in n.output)}
+            if not back:
+                return
+            self.removed -= back
+
+
+@dataclass
+class _CopyState:
+    """What one copy of a block tracks: its tensor names, weights made, overwrites."""
+
+    mapping: dict[str, str]             # original tensor -> the copy's tensor
+    plan: "_Instance | None"            # new widths and strides (instantiated repeats)
+    fills: dict                         # overwritten inputs (see `_Editor._fills`)
+    roles: dict[str, tuple[onnx.NodeProto, int]]  # weight -> the layer input it is
+    tag: str
+    made: dict[str, str] = field(default_factory=dict)  # weight -> its copy
+
+
+def _roles(graph: Graph, block: Block) -> dict[str, tuple[onnx.NodeProto, int]]:
+    """Each weight's layer and input index (not the Shape or Identity nodes that also read
+    it): what decides its new shape and its random initialisation."""
+    roles: dict[str, tuple[onnx.NodeProto, int]] = {}
+    for name in block.nodes:
+        node = graph.node(name)
+        if node.op_type in METADATA_READERS or name in block.shortcut:
+            continue
+        for i, t in enumerate(node.input):
+            source = weight_of(graph, t) if t else None
+            if source:
+                roles.setdefault(source, (node, i))
+    return roles
+
+
+def _rename_output(node: onnx.NodeProto, old: str, new: str) -> None:
+    for i, t in enumerate(node.output):
+        if t == old:
+            node.output[i] = new
+
+
+def _resolution(shape) -> str:
+    return "x".join(str(d) for d in shape[2:]) if shape and len(shape) > 2 else "-"
+
+
+def _width(shape) -> int | None:
+    return int(shape[1]) if shape and len(shape) > 1 else None
+
+
+# ---- random weights --------------------------------------------------------------------------
+
+def _random_like(node: onnx.NodeProto, index: int, array: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Fresh weights of the same shape: He-normal conv/linear weights, unit BatchNorm, zero
+    biases; other constants (activation parameters, layer scales) are kept."""
+    op, dtype = node.op_type, array.dtype
+    if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and array.ndim >= 2 and index == 1:
+        fan_in = int(np.prod(array.shape[1:])) if op != "MatMul" else array.shape[0]
+        return (rng.standard_normal(array.shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(dtype)
+    if op in ("Conv", "ConvTranspose", "Gemm") and index == 2:
+        return np.zeros_like(array)
+    if op == "BatchNormalization":
+        return np.full_like(array, 1.0 if index in (1, 4) else 0.0)
+    return array
+
+
+# ---- instantiating a single block as a repeat -------------------------------------------------
+
+class _Instance:
+    """New channel widths and strides for a block re-instantiated with input width = output
+    width and stride 1 (the repeat EfficientNet and pycls build for ``depth > 1``)."""
+
+    def __init__(self, graph: Graph, block: Block, tie: str):
+        self.graph, self.block = graph, block
+        self.c_in, self.c_out = int(block.in_shape[1]), int(block.out_shape[1])
+        problem = instantiation_problem(graph, block)
+        if problem:
+            raise OnnxscaleError(problem)
+        self.width = self._widths(tie)
+        self.groups = self._groups()
+        self.weights = self._weight_shapes()
+
+    def _widths(self, tie: str) -> dict[str, int]:
+        """New channel count of every 4-D tensor of the block, by channel group."""
+        graph, block = self.graph, self.block
+        parent: dict[str, str] = {}
+
+        def find(t: str) -> str:
+            while parent.get(t, t) != t:
+                t = parent[t]
+            return t
+
+        origin: dict[str, onnx.NodeProto] = {}
+        skipped = set(block.shortcut)
+        for name in block.nodes:
+            node = graph.node(name)
+            out = node.output[0]
+            if name in skipped or not _is_map(graph, out):
+                continue
+            if node.op_type == "Conv" and not _depthwise(graph, node):
+                origin[out] = node
+                continue
+            for t in node.input:
+                if t and t not in graph.consts and _is_map(graph, t) and graph.shapes[t][1] > 1:
+                    a, b = find(t), find(out)
+                    if a != b:
+                        parent[a] = b
+        widths: dict[str, int] = {}
+        roots: dict[str, int] = {find(block.input): self.c_out}
+        final = block.branch if block.kind == "projection" else block.output
+        roots[find(final)] = self.c_out
+        for t, conv in origin.items():
+            root = find(t)
+            if root in roots:
+                continue
+            old = graph.shapes[t][1]
+            pooled = all(d == 1 for d in graph.shapes[conv.input[0]][2:])
+            scaled = pooled or tie == "input"
+            roots[root] = max(1, round(old * self.c_out / self.c_in)) if scaled else old
+        for name in block.nodes:
+            for t in list(graph.node(name).input) + list(graph.node(name).output):
+                if t and _is_map(graph, t) and t not in graph.consts:
+                    widths[t] = roots.get(find(t), graph.shapes[t][1])
+        return widths
+
+    def _groups(self) -> dict[str, int]:
+        """Group counts of the block's convs: depthwise stays depthwise, grouped convs keep
+        their group width."""
+        graph, groups = self.graph, {}
+        for name in self.block.nodes:
+            node = graph.node(name)
+            if node.op_type != "Conv" or name in self.block.shortcut:
+                continue
+            c_in, c_out = self.width[node.input[0]], self.width[node.output[0]]
+            group = _attr(node, "group", 1)
+            if _depthwise(graph, node):
+                if c_out != c_in:
+                    raise OnnxscaleError(f"depthwise conv '{name}' changes the width")
+                group = c_in
+            elif group > 1:
+                per_group = graph.shapes[node.input[0]][1] // group
+                if c_in % per_group or (c_in // per_group and c_out % (c_in // per_group)):
+                    raise OnnxscaleError(f"grouped conv '{name}' cannot keep its group width "
+                                         f"at {c_in} channels")
+                group = c_in // per_group
+            groups[name] = group
+        return groups
+
+    def input_shape(self, node: onnx.NodeProto, index: int) -> tuple[int, ...]:
+        """The new shape of ``node``'s input ``index`` (weights and per-channel constants)."""
+        graph = self.graph
+        old = tuple(graph.shapes[node.input[index]])
+        if node.op_type == "Conv" and index == 1:
+            c_in, c_out = self.width[node.input[0]], self.width[node.output[0]]
+            return (c_out, c_in // self.groups[node.name]) + old[2:]
+        if node.op_type == "Conv" and index == 2:
+            return (self.width[node.output[0]],)
+        if node.op_type == "BatchNormalization":
+            return (self.width[node.input[0]],)
+        out = node.output[0]
+        if len(old) >= 3 and out in self.width and old[-3] == graph.shapes[out][1]:
+            return old[:-3] + (self.width[out],) + old[-2:]
+        return old
+
+    def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """New shape of every weight the block reads, set by the layer that reads it."""
+        return {source: self.input_shape(node, i)
+                for source, (node, i) in _roles(self.graph, self.block).items()}
+
+    def resize(self, source: str, array: np.ndarray) -> np.ndarray:
+        """A weight cut or tiled (cyclically) to its new shape: copies of trained filters."""
+        shape = self.weights.get(source, array.shape)
+        for axis, (new, old) in enumerate(zip(shape, array.shape)):
+            if new != old:
+                array = np.take(array, np.arange(new) % old, axis=axis)
+        return array
+
+    def adjust(self, clone: onnx.NodeProto, node: onnx.NodeProto) -> None:
+        """Group count, stride 1 and 'same' padding of a copied conv or pool."""
+        if node.name in self.groups:
+            set_attribute(clone, "group", self.groups[node.name])
+        if node.op_type not in WINDOW_OPS:
+            return
+        strides = _attr(node, "strides", None)
+        if not strides or max(strides) == 1:
+            return
+        kernel = (_attr(node, "kernel_shape", None)
+                  or list(self.graph.shapes[node.input[1]][2:]))
+        dilations = _attr(node, "dilations", [1] * len(kernel))
+        totals = [d * (k - 1) for k, d in zip(kernel, dilations)]
+        set_attribute(clone, "strides", [1] * len(kernel))
+        remove_attribute(clone, "auto_pad")
+        set_attribute(clone, "pads", [t // 2 for t in totals] + [t - t // 2 for t in totals])
+
+
+def _is_map(graph: Graph, tensor: str) -> bool:
+    shape = graph.shapes.get(tensor)
+    return shape is not None and len(shape) == 4
+
+
+def _depthwise(graph: Graph, node: onnx.NodeProto) -> bool:
+    group = _attr(node, "group", 1)
+    weight = graph.shapes.get(node.input[1])
+    return group > 1 and weight is not None and weight[1] == 1 and \
+        graph.shapes[node.input[0]][1] == group
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _expansion_tie(graph: Graph, stages: list[Stage]) -> str:
+    """Whether a block's expansion width follows its input width (MBConv: exp = w_in * ratio)
+    or its output width (bottlenecks: w_b = w_out * ratio), learnt from stages that have
+    both a transition and repeats; otherwise guessed from divisibility."""
+    votes = {"input": 0, "output": 0}
+    fallback = "input"
+    for stage in stages:
+        first, repeat = stage.transition, (stage.repeats or [None])[-1]
+        width_t = _expansion(graph, first) if first else None
+        if width_t is None:
+            continue
+        c_in, c_out = first.in_shape[1], first.out_shape[1]
+        fallback = "output" if width_t % c_out == 0 else "input"
+        width_r = _expansion(graph, repeat) if repeat else None
+        if width_r is None or c_in == c_out:
+            continue
+        if width_r == width_t:
+            votes["output"] += 1
+        elif width_r * c_in == width_t * c_out:
+            votes["input"] += 1
+    if votes["input"] == votes["output"]:
+        return fallback
+    return max(votes, key=votes.get)
+
+
+def _expansion(graph: Graph, block: Block) -> int | None:
+    """Output width of the first dense conv reading the block's input on its main branch."""
+    for name in block.nodes:
+        node = graph.node(name)
+        if (node.op_type == "Conv" and node.input[0] == block.input and name not in
+                block.shortcut and spatial_layer(graph, node) and not _depthwise(graph, node)):
+            return int(graph.shapes[node.output[0]][1])
+    return None

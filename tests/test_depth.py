@@ -1,0 +1,136 @@
+"""Depth scaling (issue 4): real architectures run deeper or shallower, flops follow, and every
+claim of an exact (function-preserving) rewrite holds in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxscale import zoo
+from onnxscale.complexity import analyze
+from onnxscale.errors import OnnxscaleError
+from onnxscale.graph import Graph
+from onnxscale.scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
+                                        scale_model)
+from onnxscale.scaling.strategy import round_depth
+
+from .conftest import ort_run, run_cli
+
+TOLERANCE = 1e-4
+MODELS = [
+    ("resnet18", "legacy"), ("resnet18", "dynamo"), ("resnet50", "legacy"),
+    ("resnext50_32x4d", "legacy"), ("efficientnet_b0", "legacy"), ("efficientnet_b0", "dynamo"),
+    ("mobilenet_v2", "legacy"), ("mobilenet_v3_small", "legacy"), ("regnet_x_400mf", "legacy"),
+    ("regnet_y_400mf", "legacy"), ("mnasnet0_5", "legacy"), ("convnext_tiny", "legacy"),
+    ("efficientnet_v2_s", "legacy"), ("timm.regnetz_b16", "legacy"),
+    ("timm.ghostnet_100", "legacy"),
+]
+# flops ratio bounds per depth multiplier: stems and heads do not scale, so ratios stay inside
+FLOPS_RATIO = {2.0: (1.3, 2.2), 1.5: (1.1, 1.7), 0.5: (0.35, 0.95)}
+
+
+def deepen(proto: onnx.ModelProto, d: float, shapes=None, init: str = "preserve"):
+    outcome = scale_model(proto, shapes or {}, Multipliers(d=d), ScaleOptions(init=init))
+    check(outcome.model)
+    return outcome
+
+
+def assert_scaled(proto: onnx.ModelProto, d: float, shapes=None) -> None:
+    """Runs, flops move as the block counts say, stage counts follow pycls's rule, and an
+    exact claim holds in ONNX Runtime."""
+    outcome = deepen(proto, d, shapes)
+    low, high = FLOPS_RATIO[d]
+    assert low < outcome.scaled.flops / outcome.base.flops < high
+    stages = outcome.edits[0].details["stages"]
+    for row in stages:
+        assert row["new"] == (round_depth(d, row["old"]) if row["mode"] else row["old"])
+    difference = compare_outputs(proto, outcome.model, outcome.base.inputs)
+    assert np.isfinite(difference)
+    if outcome.exact:
+        assert difference <= TOLERANCE, f"exact claimed, but rel L2 = {difference:.2e}"
+    assert outcome.exact == (d >= 1), "growing with preserve is exact; removing never is"
+
+
+@pytest.mark.parametrize("name, exporter", MODELS)
+def test_torchvision_and_timm_models(exports, name, exporter):
+    proto = onnx.load(exports(name, exporter, res=96))
+    for d in (2.0, 1.5, 0.5):
+        assert_scaled(proto, d)
+
+
+def test_paddleocr_detector(paddleocr_models):
+    """PP-OCRv4 det: plain PP-LCNetV3 stages get copies with an identity skip."""
+    proto = onnx.load(paddleocr_models["det"])
+    for d in (2.0, 1.5, 0.5):
+        assert_scaled(proto, d, {"": [1, 3, 128, 128]})
+
+
+@pytest.mark.parametrize("name", ["efficientnet-b0", "regnety-400mf"])
+def test_zoo_depth_matches_pycls_exactly(name):
+    """Our rewrite of the built model == pycls's own deeper model (flops, params, acts),
+    including stages of one block instantiated as repeats (EfficientNet's first and last
+    stage, RegNetY's first)."""
+    outcome = deepen(zoo.build(name), 2)
+    reference = analyze(Graph(zoo.build_spec(zoo.spec(name).scaled(d=2))))
+    got = (outcome.scaled.flops, outcome.scaled.params, outcome.scaled.acts)
+    assert got == (reference.flops, reference.params, reference.acts)
+    assert outcome.exact
+
+
+@pytest.mark.parametrize("name, d", [("resnet-50", 1.5), ("regnetz-500mf", 0.5)])
+def test_zoo_depth_other_multipliers_match_pycls(name, d):
+    outcome = deepen(zoo.build(name), d)
+    reference = analyze(Graph(zoo.build_spec(zoo.spec(name).scaled(d=d))))
+    assert (outcome.scaled.flops, outcome.scaled.params) == (reference.flops, reference.params)
+
+
+def test_instantiated_repeats_start_as_the_identity():
+    proto = zoo.build("efficientnet-b0")
+    outcome = deepen(proto, 3)
+    assert outcome.exact
+    assert compare_outputs(proto, outcome.model, outcome.base.inputs) <= TOLERANCE
+    rows = outcome.edits[0].details["stages"]
+    assert [row["mode"] for row in rows][0] == "instantiate" and rows[0]["new"] == 3
+
+
+def test_random_init_runs_and_is_not_exact():
+    proto = zoo.build("resnet-18")
+    outcome = deepen(proto, 2, init="random")
+    assert not outcome.exact
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)}
+    assert np.isfinite(ort_run(outcome.model, feeds)[0]).all()
+
+
+def test_input_model_is_not_mutated():
+    proto = zoo.build("regnety-400mf")
+    before = proto.SerializeToString()
+    deepen(proto, 2)
+    deepen(proto, 0.5)
+    assert proto.SerializeToString() == before
+
+
+def test_model_without_blocks_is_refused_clearly():
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [weight])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(OnnxscaleError, match="no repeatable blocks"):
+        deepen(proto, 2)
+
+
+def test_scale_depth_cli_json(tmp_path):
+    out = tmp_path / "r18-d2.onnx"
+    result = run_cli("scale", "zoo:resnet-18", "--depth", "2", "--verify", "--json", "-o",
+                     str(out), check=True)
+    data = json.loads(result.stdout)
+    assert data["exact"] and data["verified_rel_l2"] <= TOLERANCE
+    assert [(s["old"], s["new"]) for s in data["stages"]] == [(2, 4)] * 4
+    assert 1.9 < data["scaled"]["flops"] / data["base"]["flops"] < 2.1
+    onnx.checker.check_model(str(out))
