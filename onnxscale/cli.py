@@ -373,7 +373,7 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
     """
     from pathlib import Path
 
-    from .model import load_model, parse_input_shapes, save_model, serialize
+    from .model import load_model, parse_input_shapes, save_model
     from .scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
                                    default_output, scale_model, stamp)
 
@@ -400,15 +400,12 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
                              "model's input size differs (--resolution or --batch)")
     scaled = stamp(outcome, loaded.source, multipliers, options)
     target = Path(output) if output else default_output(loaded.source, multipliers, options)
-    data = serialize(scaled)  # once: checking and writing a big model both need the bytes
-    if data is not None:
-        check(data)
-    save_model(scaled, target, protect=loaded.path, data=data)
-    if data is None:  # over 2 GiB: written with external data, checked from the file
-        check(str(target))
+    save_model(scaled, target, protect=loaded.path)
+    outcome.model = scaled = None  # checked from the file: one model in memory at a time
+    check(str(target))
     difference = None
     if verify:
-        difference = compare_outputs(loaded.proto, scaled, outcome.base.inputs)
+        difference = compare_outputs(loaded.proto, str(target), outcome.base.inputs)
     result = scale_summary(str(target), outcome, multipliers, difference)
     if solution is not None:
         result["strategy"] = {"name": strategy or f"alpha={alpha:g}", "weights": weights,

@@ -137,25 +137,12 @@ def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, list[int
     return shapes
 
 
-def serialize(proto: onnx.ModelProto) -> bytes | None:
-    """The model's bytes, or None when it is too large for one protobuf (over 2 GiB).
-
-    Serializing a big model costs seconds, so callers serialize once and pass the bytes to
-    both the checker and `save_model`.
-    """
-    try:
-        data = proto.SerializeToString()
-    except ValueError:  # protobuf refuses messages over 2 GiB
-        return None
-    return data if len(data) <= EXTERNAL_DATA_THRESHOLD else None
-
-
-def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None,
-               data: bytes | None = None) -> Path:
+def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None) -> Path:
     """Write ``proto`` to ``out`` atomically; never overwrite ``protect`` (the input model).
 
-    ``data`` is the model already serialized (see `serialize`), if the caller has it.  Models
-    too large for one protobuf get their weights as external data in ``OUT.data``.
+    Weights are streamed tensor by tensor (`_write_streamed`), so writing costs no second
+    copy of the model in memory.  Models too large for one protobuf (2 GiB) get their weights
+    as external data in ``OUT.data``.
     """
     out = Path(out)
     if protect is not None and out.exists() and out.resolve() == Path(protect).resolve():
@@ -165,12 +152,10 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
     folder = out.resolve().parent
     if not folder.is_dir():
         raise OnnxscaleError(f"{out}: folder '{folder}' does not exist")
-    if data is None:
-        data = serialize(proto)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        if data is None:
+        if _weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
             data_name = out.name + ".data"
             tmp_data = folder / f".{data_name}.tmp"
             onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
@@ -179,7 +164,7 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
             os.replace(tmp_data, folder / data_name)
         else:
             with open(tmp, "wb") as handle:
-                handle.write(data)
+                _write_streamed(proto, handle)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are ordinary
         os.replace(tmp, out)
     except OSError as exc:
@@ -188,6 +173,61 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
+
+
+_MODEL_GRAPH_FIELD, _GRAPH_INITIALIZER_FIELD = 7, 5  # field numbers in onnx.proto
+
+
+def _write_streamed(proto: onnx.ModelProto, handle) -> None:
+    """Write the protobuf encoding of ``proto`` without ever holding all of it in memory.
+
+    A message's encoding is the concatenation of its fields' encodings, in any order: the
+    model without its graph, then the graph field (tag, length, the graph without its
+    initializers, then each initializer as its own length-delimited field).  Byte for byte
+    what ``onnx.load`` reads; ``SerializeToString`` would peak at twice the model's size.
+    """
+    graph = proto.graph
+    shell = _copy_without(graph, "initializer").SerializeToString()
+    sizes = [tensor.ByteSize() for tensor in graph.initializer]
+    tag = _varint(_GRAPH_INITIALIZER_FIELD << 3 | 2)
+    graph_size = len(shell) + sum(len(tag) + len(_varint(n)) + n for n in sizes)
+    handle.write(_copy_without(proto, "graph").SerializeToString())
+    handle.write(_varint(_MODEL_GRAPH_FIELD << 3 | 2) + _varint(graph_size))
+    handle.write(shell)
+    for tensor, size in zip(graph.initializer, sizes):
+        handle.write(tag + _varint(size))
+        handle.write(tensor.SerializeToString())
+
+
+def _copy_without(message, skipped: str):
+    """A copy of ``message`` with every field but ``skipped`` (a cheap shell, no weights)."""
+    copy = type(message)()
+    for field, value in message.ListFields():
+        if field.name == skipped:
+            continue
+        target = getattr(copy, field.name)
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else \
+            field.label == field.LABEL_REPEATED  # protobuf < 5.28 has only ``label``
+        if repeated:
+            target.extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            target.CopyFrom(value)
+        else:
+            setattr(copy, field.name, value)
+    return copy
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _weight_bytes(proto: onnx.ModelProto) -> int:
+    return sum(tensor.ByteSize() for tensor in proto.graph.initializer)
 
 
 def _umask() -> int:

@@ -20,48 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from bench_analyze import deep_resnet  # the same ~7,000-node generated ResNet
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def deep_resnet(blocks: int = 1000, width: int = 16, res: int = 32) -> onnx.ModelProto:
-    """A conv stem, ``blocks`` basic residual blocks of 7 nodes (conv, BN, ReLU, conv, BN, Add,
-    ReLU) and a pooled classifier: about 7,000 nodes."""
-    rng = np.random.default_rng(0)
-    nodes, weights = [], []
-
-    def conv_bn(x: str, c_in: int, name: str) -> str:
-        weights.append(numpy_helper.from_array(
-            (rng.standard_normal((width, c_in, 3, 3)) * 0.05).astype(np.float32), f"{name}.w"))
-        for key, fill in (("s", 1.0), ("b", 0.0), ("m", 0.0), ("v", 1.0)):
-            weights.append(numpy_helper.from_array(np.full(width, fill, np.float32),
-                                                   f"{name}.{key}"))
-        nodes.append(helper.make_node("Conv", [x, f"{name}.w"], [f"{name}.conv"], name=name,
-                                      pads=[1, 1, 1, 1]))
-        nodes.append(helper.make_node("BatchNormalization", [f"{name}.conv"] + [
-            f"{name}.{k}" for k in "sbmv"], [f"{name}.bn"], name=f"{name}.bn"))
-        return f"{name}.bn"
-
-    x = conv_bn("input", 3, "stem")
-    for i in range(blocks):
-        a = conv_bn(x, width, f"b{i}.a")
-        nodes.append(helper.make_node("Relu", [a], [f"b{i}.ra"], name=f"b{i}.relu_a"))
-        b = conv_bn(f"b{i}.ra", width, f"b{i}.b")
-        nodes.append(helper.make_node("Add", [x, b], [f"b{i}.sum"], name=f"b{i}.add"))
-        nodes.append(helper.make_node("Relu", [f"b{i}.sum"], [f"b{i}.out"], name=f"b{i}.relu"))
-        x = f"b{i}.out"
-    weights.append(numpy_helper.from_array(np.zeros((10, width), np.float32), "fc.w"))
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"))
-    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="flatten"))
-    nodes.append(helper.make_node("Gemm", ["flat", "fc.w"], ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(
-        nodes, "deep_resnet",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, res, res])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])], weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def time_discovery(runs: int) -> None:

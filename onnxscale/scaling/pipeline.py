@@ -94,7 +94,7 @@ def scale_model(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
             continue
         edit = _run_step(kind, current, graph, multipliers, options)
         edits.append(edit)
-        current = edit.model
+        current, edit.model = edit.model, None  # the outcome holds the one final model
         if edit.inputs is not None:
             shapes = edit.inputs
         graph = Graph(current, shapes)
@@ -178,11 +178,12 @@ def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     return feeds
 
 
-def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto,
+def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto | bytes | str,
                     input_shapes: dict[str, list[int]], seed: int = 0) -> float:
     """Largest relative L2 difference between the two models' outputs on the same inputs.
 
-    Only meaningful when the inputs and output shapes are unchanged (no resolution change).
+    ``scaled`` may be a ModelProto, its serialized bytes or a saved file's path.  Only
+    meaningful when the inputs and output shapes are unchanged (no resolution change).
     """
     import onnxruntime as ort
 
@@ -191,8 +192,8 @@ def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto,
     for model in (base, scaled):
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
+        source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         results.append(session.run(None, feeds))
     worst = 0.0
     for a, b in zip(*results):

@@ -1,0 +1,47 @@
+"""Saving: streamed protobuf encoding, external data for huge models, atomic and safe."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import onnx
+import pytest
+
+from onnxscale import model as model_io
+from onnxscale import zoo
+from onnxscale.errors import OnnxscaleError
+
+
+def test_streamed_file_loads_back_identical(tmp_path):
+    proto = zoo.build("regnety-400mf")
+    proto.metadata_props.add(key="k", value="v")
+    out = model_io.save_model(proto, tmp_path / "m.onnx")
+    loaded = onnx.load(str(out))
+    assert loaded == proto
+    assert os.path.getsize(out) == proto.ByteSize()
+    mode = stat.S_IMODE(os.stat(out).st_mode)
+    assert mode & stat.S_IRGRP, "outputs are ordinary files, not mkstemp's 0600"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_large_models_get_external_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    proto = zoo.build("resnet-18")
+    out = model_io.save_model(proto, tmp_path / "big.onnx")
+    assert (tmp_path / "big.onnx.data").stat().st_size > 40_000_000
+    assert os.path.getsize(out) < 1_000_000
+    loaded = model_io.load_model(str(out)).proto
+    assert [t.name for t in loaded.graph.initializer] == [t.name for t in proto.graph.initializer]
+    onnx.checker.check_model(str(out))
+
+
+def test_never_overwrites_the_input(tmp_path):
+    path = tmp_path / "in.onnx"
+    model_io.save_model(zoo.build("resnet-18"), path)
+    before = path.read_bytes()
+    with pytest.raises(OnnxscaleError, match="refusing to overwrite"):
+        model_io.save_model(zoo.build("resnet-18", seed=1), path, protect=path)
+    assert path.read_bytes() == before
+    with pytest.raises(OnnxscaleError, match="does not exist"):
+        model_io.save_model(zoo.build("resnet-18"), tmp_path / "no" / "x.onnx")
