@@ -33,6 +33,7 @@ def make_torch_model(name: str):
 
     torch.manual_seed(0)
     if name.startswith("timm."):
+        import_torchvision()  # timm imports torchvision
         timm = pytest.importorskip("timm")
         model = timm.create_model(name[5:], pretrained=False)
     else:

@@ -134,3 +134,24 @@ def test_scale_depth_cli_json(tmp_path):
     assert [(s["old"], s["new"]) for s in data["stages"]] == [(2, 4)] * 4
     assert 1.9 < data["scaled"]["flops"] / data["base"]["flops"] < 2.1
     onnx.checker.check_model(str(out))
+
+
+def test_instanced_block_with_biases_shared_through_identity(tmp_path):
+    """torch's legacy exporter dedups equal tensors (untrained BN folds to equal zero biases)
+    and shares them through Identity nodes; a re-instantiated single block widens its convs
+    differently, so each new shape needs its own copy (timm MobileViT, found in the wild)."""
+    import torch
+
+    from .conftest import import_torchvision
+
+    import_torchvision()  # timm imports torchvision
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("mobilevit_xxs", pretrained=False).eval()
+    path = tmp_path / "mobilevit.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 128, 128),), str(path), dynamo=False,
+                      opset_version=17)
+    base = onnx.load(str(path))
+    assert sum(node.op_type == "Identity" for node in base.graph.node) > 5
+    outcome = scale_model(base, {}, Multipliers(d=2), ScaleOptions())
+    assert outcome.exact and outcome.scaled.flops > outcome.base.flops
+    assert compare_outputs(base, outcome.model, outcome.base.inputs) < 1e-4

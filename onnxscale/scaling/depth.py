@@ -187,20 +187,25 @@ class _Editor:
         tensor = graph.consts[source]
         if tensor.data_type not in FLOAT_TYPES:
             return t
-        if source in made:
-            return made[source]
+        # a weight shared by layers that an instance widens differently (legacy exports share
+        # equal biases through Identity nodes) needs one copy per new shape
+        layer = (node, i) if node.op_type in SHAPED_BY_READER else state.roles.get(source,
+                                                                                     (node, i))
+        key = (source, plan.input_shape(*layer)) if plan is not None else (source, None)
+        if key in made:
+            return made[key]
         if source not in fills and plan is None and self.options.init == "preserve":
-            made[source] = self._copy_tensor(tensor, source + tag)
-            return made[source]
+            made[key] = self._copy_tensor(tensor, source + tag)
+            return made[key]
         array = graph.value(source)
         if plan is not None:
-            array = plan.resize(source, array)
+            array = plan.resize(key[1], array)
         if source in fills:
             array = np.full_like(array, fills[source])
         elif self.options.init == "random":
             array = _random_like(*state.roles.get(source, (node, i)), array, self.rng)
-        made[source] = self.tensors.add(array, source + tag)
-        return made[source]
+        made[key] = self.tensors.add(array, source + tag)
+        return made[key]
 
     def _copy_tensor(self, tensor: onnx.TensorProto, base: str) -> str:
         """A byte copy of a weight under a new name (no numpy round trip: big models)."""
@@ -257,7 +262,7 @@ class _CopyState:
     fills: dict                         # overwritten inputs (see `_Editor._fills`)
     roles: dict[str, tuple[onnx.NodeProto, int]]  # weight -> the layer input it is
     tag: str
-    made: dict[str, str] = field(default_factory=dict)  # weight -> its copy
+    made: dict[tuple, str] = field(default_factory=dict)  # (weight, new shape) -> its copy
 
 
 def _roles(graph: Graph, block: Block) -> dict[str, tuple[onnx.NodeProto, int]]:
@@ -308,6 +313,10 @@ def _random_like(node: onnx.NodeProto, index: int, array: np.ndarray,
 
 # ---- instantiating a single block as a repeat -------------------------------------------------
 
+# layers whose weight shapes `_Instance.input_shape` derives from the layer itself
+SHAPED_BY_READER = ("Conv", "BatchNormalization")
+
+
 class _Instance:
     """New channel widths and strides for a block re-instantiated with input width = output
     width and stride 1 (the repeat EfficientNet and pycls build for ``depth > 1``)."""
@@ -320,7 +329,6 @@ class _Instance:
             raise OnnxscaleError(problem)
         self.width = self._widths(tie)
         self.groups = self._groups()
-        self.weights = self._weight_shapes()
 
     def _widths(self, tie: str) -> dict[str, int]:
         """New channel count of every 4-D tensor of the block, by channel group."""
@@ -404,14 +412,8 @@ class _Instance:
             return old[:-3] + (self.width[out],) + old[-2:]
         return old
 
-    def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
-        """New shape of every weight the block reads, set by the layer that reads it."""
-        return {source: self.input_shape(node, i)
-                for source, (node, i) in _roles(self.graph, self.block).items()}
-
-    def resize(self, source: str, array: np.ndarray) -> np.ndarray:
-        """A weight cut or tiled (cyclically) to its new shape: copies of trained filters."""
-        shape = self.weights.get(source, array.shape)
+    def resize(self, shape: tuple[int, ...], array: np.ndarray) -> np.ndarray:
+        """A weight cut or tiled (cyclically) to ``shape``: copies of trained filters."""
         for axis, (new, old) in enumerate(zip(shape, array.shape)):
             if new != old:
                 array = np.take(array, np.arange(new) % old, axis=axis)
