@@ -78,12 +78,19 @@ class ScaleOutcome:
 
 
 def scale_model(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
-                multipliers: Multipliers, options: ScaleOptions) -> ScaleOutcome:
-    """Apply depth, width and resolution scaling in turn; analyze before and after."""
+                multipliers: Multipliers, options: ScaleOptions,
+                prepared: tuple[Graph, Report] | None = None) -> ScaleOutcome:
+    """Apply depth, width and resolution scaling in turn; analyze before and after.
+
+    ``prepared`` is the base model's graph and report when the caller already has them (the
+    solver rewrites one model many times; steps never modify the graph they are given).
+    """
     if options.init not in INIT_POLICIES:
         raise OnnxscaleError(f"--init must be one of {', '.join(INIT_POLICIES)}")
-    graph = Graph(proto, input_shapes)
-    base = analyze(graph)
+    if prepared is None:
+        graph = Graph(proto, input_shapes)
+        prepared = graph, analyze(graph)
+    graph, base = prepared
     shapes = {name: list(dims) for name, dims in graph.inputs.items()}
     edits: list[Edit] = []
     current = proto

@@ -60,7 +60,9 @@ def solve(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
 
     With ``search=False`` this is pycls's behaviour: one rewrite at s = target / base.
     """
-    base = analyze(Graph(proto, input_shapes)).flops
+    graph = Graph(proto, input_shapes)
+    prepared = graph, analyze(graph)
+    base = prepared[1].flops
     target = target_flops(kind, value, base)
     s = target / base
     best: Solution | None = None
@@ -71,7 +73,7 @@ def solve(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
         multipliers = Multipliers(**strategy_multipliers(weights, s))
         if multipliers.is_identity():
             raise OnnxscaleError(f"flops target {target:,.0f} equals the base model's flops")
-        outcome = scale_model(proto, input_shapes, multipliers, options)
+        outcome = scale_model(proto, input_shapes, multipliers, options, prepared)
         achieved = outcome.scaled.flops
         history.append({"s": s, **multipliers.as_dict(), "flops": achieved})
         if best is None or _miss(achieved, target) < _miss(best.outcome.scaled.flops, target):
@@ -88,7 +90,7 @@ def solve(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
     assert best is not None
     if search and _miss(best.outcome.scaled.flops, target) >= math.log1p(TOLERANCE) and below:
         best = _refine_width(proto, input_shapes, weights, below, target, options, best,
-                             history)
+                             history, prepared)
     best.evaluations = history
     return best
 
@@ -106,7 +108,8 @@ def _next_s(s: float, achieved: int, target: float, below, above) -> float | Non
     return math.sqrt(below[0] * above[0])
 
 
-def _refine_width(proto, input_shapes, weights, below, target, options, best, history):
+def _refine_width(proto, input_shapes, weights, below, target, options, best, history,
+                  prepared):
     """Close the last gap with width alone, the finest-grained dimension.
 
     A depth or resolution step (a whole block, 4 more pixels that make every later feature map
@@ -122,7 +125,7 @@ def _refine_width(proto, input_shapes, weights, below, target, options, best, hi
         m = dict(start, w=start["w"] * factor,
                  g=start["g"] * factor if weights["g"] else start["g"])
         multipliers = Multipliers(**m)
-        outcome = scale_model(proto, input_shapes, multipliers, options)
+        outcome = scale_model(proto, input_shapes, multipliers, options, prepared)
         achieved = outcome.scaled.flops
         history.append({"s": s, **multipliers.as_dict(), "flops": achieved,
                         "refine": "width"})
