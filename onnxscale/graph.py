@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import OnnxscaleError
+from .errors import OnnxscaleError, UsageError
 from .model import default_opset
 
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -203,17 +203,7 @@ def resolve_input_shapes(graph: onnx.GraphProto, consts: dict[str, onnx.TensorPr
     other symbolic dim without an override is an error naming the input and the flag.
     """
     real = [value for value in graph.input if value.name not in consts]
-    names = [value.name for value in real]
-    overrides = dict(overrides)
-    if "" in overrides:
-        if len(real) != 1:
-            raise OnnxscaleError(f"--input-shape without a name needs a model with one input; "
-                                 f"this one has {len(real)}: {', '.join(names)}")
-        overrides[names[0]] = overrides.pop("")
-    for name in overrides:
-        if name not in names:
-            raise OnnxscaleError(f"--input-shape names '{name}', which is not an input of the "
-                                 f"model (inputs: {', '.join(names)})")
+    overrides = name_overrides(overrides, [value.name for value in real])
     shapes: dict[str, list[int]] = {}
     for value in real:
         if not value.type.HasField("tensor_type"):
@@ -239,6 +229,22 @@ def resolve_input_shapes(graph: onnx.GraphProto, consts: dict[str, onnx.TensorPr
                                  f"e.g. --input-shape {value.name}:{example}")
         shapes[value.name] = dims
     return shapes
+
+
+def name_overrides(overrides: dict[str, list[int]], names: list[str]) -> dict[str, list[int]]:
+    """``--input-shape`` values keyed by input: a bare one (key "") goes to the only input;
+    a name that is not an input is a usage error listing the inputs."""
+    overrides = {name: list(dims) for name, dims in overrides.items()}
+    if "" in overrides:
+        if len(names) != 1:
+            raise UsageError(f"--input-shape without a name needs a model with one input; "
+                             f"this one has {len(names)}: {', '.join(names)}")
+        overrides[names[0]] = overrides.pop("")
+    for name in overrides:
+        if name not in names:
+            raise UsageError(f"--input-shape names '{name}', which is not an input of the "
+                             f"model (inputs: {', '.join(names)})")
+    return overrides
 
 
 def declared_dims(value: onnx.ValueInfoProto) -> list[int | str] | None:

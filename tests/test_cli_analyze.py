@@ -147,7 +147,7 @@ def test_input_shape_errors_name_the_input(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(small_conv_model((1, 3, 8, 8)), str(path))
     wrong_name = run_cli("analyze", str(path), "--input-shape", "y:1x3x8x8")
-    assert wrong_name.returncode == 1 and "'y'" in wrong_name.stderr and "x" in wrong_name.stderr
+    assert wrong_name.returncode == 2 and "'y'" in wrong_name.stderr and "x" in wrong_name.stderr
     wrong_rank = run_cli("analyze", str(path), "--input-shape", "x:1x3x8")
     assert wrong_rank.returncode == 1 and "rank 4" in wrong_rank.stderr
 

@@ -42,6 +42,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import OnnxscaleError, UsageError
+from ..graph import declared_dims, format_dims, name_overrides
 from . import providers as P
 
 # -- settings ------------------------------------------------------------------------------------
@@ -153,23 +154,6 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in proto.graph.input if i.name not in inits]
 
 
-def _dims(value: onnx.ValueInfoProto) -> list[int | str | None] | None:
-    tensor = value.type.tensor_type
-    if not tensor.HasField("shape"):
-        return None
-    out: list[int | str | None] = []
-    for d in tensor.shape.dim:
-        if d.HasField("dim_value") and d.dim_value > 0:
-            out.append(int(d.dim_value))
-        else:
-            out.append(d.dim_param or None)
-    return out
-
-
-def _fmt_dims(dims) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-
-
 def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[int]],
             source: str) -> PreparedModel:
     """Decide the shape of every input at ``batch`` (None: the model's own batch).
@@ -181,16 +165,7 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
     if not inputs:
         raise OnnxscaleError(f"{source}: the model has no inputs to feed")
     names = [i.name for i in inputs]
-    shapes = {k: list(v) for k, v in shapes.items()}
-    if "" in shapes:
-        if len(inputs) != 1:
-            raise UsageError(f"--input-shape {'x'.join(map(str, shapes['']))}: {source} has "
-                             f"{len(inputs)} inputs ({', '.join(names)}); write NAME:DIMS")
-        shapes[names[0]] = shapes.pop("")
-    for name in shapes:
-        if name not in names:
-            raise UsageError(f"--input-shape {name}: {source} has no input '{name}' "
-                             f"(inputs: {', '.join(names)})")
+    shapes = name_overrides(shapes, names)
 
     model_dims: dict[str, list | None] = {}
     for value in inputs:
@@ -203,10 +178,10 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
             raise OnnxscaleError(f"{source}: input '{value.name}' has type "
                                  f"{TensorProto.DataType.Name(elem).lower()}; bench can only make "
                                  f"random numeric and bool inputs")
-        dims = _dims(value)
+        dims = declared_dims(value)
         if dims is not None and value.name in shapes and len(shapes[value.name]) != len(dims):
             raise UsageError(f"--input-shape {value.name}: {len(shapes[value.name])} dims given, "
-                             f"the input has {len(dims)} {_fmt_dims(dims)}")
+                             f"the input has {len(dims)} {format_dims(dims)}")
         model_dims[value.name] = dims
 
     # The model's fixed batch: dim 0 of the first input of rank >= 2 whose dim 0 is a number.
@@ -227,7 +202,7 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
 
     batched = {n: is_batched(n) for n in names}
     if batch is not None and batch != 1 and not any(batched.values()):
-        listed = ", ".join(f"{n} {_fmt_dims(model_dims[n] or [])}" for n in names)
+        listed = ", ".join(f"{n} {format_dims(model_dims[n] or [])}" for n in names)
         raise OnnxscaleError(f"{source}: no input has a batch dimension ({listed}); "
                              f"--batch {batch} cannot apply")
     if batch is None:
@@ -249,7 +224,7 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
                                (d if d and re.fullmatch(r"[A-Za-z_]\w{0,7}", d) else "D")
                                for d in dims)
             raise OnnxscaleError(f"{source}: input '{name}' has symbolic dims "
-                                 f"{_fmt_dims(model_dims[name])}; fix them with --input-shape "
+                                 f"{format_dims(model_dims[name])}; fix them with --input-shape "
                                  f"{name}:{example}")
         fixed = model_dims[name]
         if fixed is not None and any(isinstance(f, int) and f != d for f, d in zip(fixed, dims)):
@@ -262,7 +237,7 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
         fed = _rewrite_input_dims(proto, rewrite)
         if fixed_batch is not None and batch != fixed_batch:
             for out in proto.graph.output:
-                d = _dims(out)
+                d = declared_dims(out)
                 if d and d[0] == fixed_batch:
                     batch_outputs.append(out.name)
     return PreparedModel(fed, specs, int(batch), bool(rewrite), batch_outputs)
@@ -658,7 +633,7 @@ def _provider_chain(provider: str, prepared: PreparedModel, settings: BenchSetti
 def _is_dynamic(proto: onnx.ModelProto, name: str) -> bool:
     for value in proto.graph.input:
         if value.name == name:
-            dims = _dims(value)
+            dims = declared_dims(value)
             return dims is None or any(not isinstance(d, int) for d in dims)
     return False
 
@@ -719,7 +694,7 @@ def _static_output_shapes(prepared: PreparedModel, fp16: bool) -> list[list[int]
         return None
     shapes = []
     for out in inferred.graph.output:
-        d = _dims(out)
+        d = declared_dims(out)
         if d is None or any(not isinstance(x, int) for x in d):
             return None
         shapes.append(d)
