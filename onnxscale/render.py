@@ -76,7 +76,11 @@ def print_scale(result: dict, console: Console | None = None) -> None:
                              for k in ("flops", "params", "acts")), "", style="bold")
     console.print(table)
     multipliers = ", ".join(f"{k}={v:g}" for k, v in result["multipliers"].items())
-    exact = "yes: outputs equal the base model's" if result["exact"] else "no"
+    inexact = [edit["kind"] for edit in result["edits"] if not edit["exact"]]
+    exact = "yes: outputs equal the base model's" if result["exact"] else \
+        f"no ({', '.join(inexact)} changes the outputs; see notes)" if any(
+            kind != "resolution" for kind in inexact) else \
+        "no (a new input size changes the outputs)"
     console.print(f"multipliers: {multipliers}; function preserved: {exact}")
     if "verified_rel_l2" in result:
         console.print(f"verified in ONNX Runtime: relative L2 difference "
