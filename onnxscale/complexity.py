@@ -3,9 +3,11 @@
 - flops: multiply-adds of Conv, ConvTranspose, Gemm and MatMul (bias adds, BN, activations,
   pooling and residual adds are 0);
 - params: elements of the float weight tensors the graph consumes (initializers or Constant
-  nodes), each counted once, at its first consumer; BatchNormalization's running mean and
-  variance are statistics, not parameters;
-- acts: elements of the outputs of Conv, ConvTranspose, Gemm, MatMul and MaxPool.
+  nodes), each counted once, at its first consumer, plus the integer weights of quantized
+  layers (QLinearConv, ConvInteger, ..., or DequantizeLinear in QDQ graphs); BatchNormalization's
+  running mean and variance are statistics, not parameters;
+- acts: elements of the outputs of Conv, ConvTranspose, Gemm, MatMul and MaxPool (and their
+  quantized forms).
 
 Every other op type is listed in `Report.uncounted`, so nothing is silently counted as zero.
 """
@@ -21,9 +23,23 @@ import onnx
 from .errors import OnnxscaleError
 from .graph import FLOAT_TYPES, Graph
 
-COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool")
-# Inputs that hold statistics rather than learned parameters, by op type.
-STATISTICS_INPUTS = {"BatchNormalization": (3, 4)}
+COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool",
+               # quantized forms: the same multiply-adds on integers
+               "QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger")
+# Inputs that are not learned parameters, by op type: BN statistics, quantization scales and
+# zero points.
+NOT_PARAMS = {"BatchNormalization": (3, 4), "QuantizeLinear": (1, 2),
+              "DequantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
+              "QLinearMatMul": (1, 2, 4, 5, 6, 7), "ConvInteger": (2, 3),
+              "MatMulInteger": (2, 3), "QGemm": (1, 2, 4, 5, 7, 8)}
+# Integer tensors that are learned parameters: quantized weights and biases, by op type and
+# input index (scales and zero points are not).
+QUANTIZED_WEIGHTS = {"QLinearConv": (3, 8), "ConvInteger": (1,), "QLinearMatMul": (3,),
+                     "MatMulInteger": (1,), "DequantizeLinear": (0,), "QGemm": (3, 6)}
+# onnxruntime's own quantized layers (domain com.microsoft), counted like the standard ones.
+MICROSOFT_COUNTED = ("QGemm",)
+# Where each counted conv reads its weight.
+WEIGHT_INPUT = {"QLinearConv": 3}
 
 
 @dataclass
@@ -90,7 +106,8 @@ def _output(graph: Graph, node: onnx.NodeProto) -> tuple[int, ...]:
 
 
 def conv_flops(graph: Graph, node: onnx.NodeProto) -> int:
-    weight = _require(graph, node, 1)  # [C_out, C_in/groups, k_h, k_w]
+    # weight [C_out, C_in/groups, k_h, k_w]
+    weight = _require(graph, node, WEIGHT_INPUT.get(node.op_type, 1))
     return numel(_output(graph, node)) * numel(weight[1:])
 
 
@@ -113,7 +130,15 @@ def matmul_flops(graph: Graph, node: onnx.NodeProto) -> int:
 
 
 FLOP_COUNTERS = {"Conv": conv_flops, "ConvTranspose": conv_transpose_flops,
-                 "Gemm": gemm_flops, "MatMul": matmul_flops}
+                 "Gemm": gemm_flops, "MatMul": matmul_flops, "QLinearConv": conv_flops,
+                 "ConvInteger": conv_flops, "QLinearMatMul": matmul_flops,
+                 "MatMulInteger": matmul_flops, "QGemm": gemm_flops}
+
+
+def is_counted(node: onnx.NodeProto) -> bool:
+    if node.domain == "com.microsoft":
+        return node.op_type in MICROSOFT_COUNTED
+    return node.op_type in COUNTED_OPS and node.domain in ("", "ai.onnx")
 
 
 def analyze(graph: Graph) -> Report:
@@ -123,7 +148,7 @@ def analyze(graph: Graph) -> Report:
     uncounted: Counter[str] = Counter()
     for node in graph.nodes:
         counter = FLOP_COUNTERS.get(node.op_type)
-        counted = node.op_type in COUNTED_OPS and node.domain in ("", "ai.onnx")
+        counted = is_counted(node)
         params = param_owner.get(node.name, 0)
         if not counted:
             uncounted[node.op_type] += 1
@@ -159,14 +184,14 @@ def _attribute_params(graph: Graph) -> tuple[dict[str, int], int]:
     owner: dict[str, int] = {}
     constants = 0
     for name, tensor in graph.consts.items():
-        if tensor.data_type not in FLOAT_TYPES:
-            continue
         consumers = graph.consumers.get(name, [])
+        if tensor.data_type not in FLOAT_TYPES and not _is_quantized_weight(name, consumers):
+            continue
         learned = [node for node in consumers if not _is_statistic(node, name)]
         if not learned:
             continue
         size = numel(tensor.dims)
-        if size <= 1 and all(node.op_type not in COUNTED_OPS for node in learned):
+        if size <= 1 and not any(is_counted(node) for node in learned):
             constants += size
             continue
         first = _real_consumer(graph, learned[0]).name
@@ -175,8 +200,9 @@ def _attribute_params(graph: Graph) -> tuple[dict[str, int], int]:
 
 
 def _real_consumer(graph: Graph, node: onnx.NodeProto) -> onnx.NodeProto:
-    """Look through the Identity nodes torch's legacy exporter puts between weights and ops."""
-    while node.op_type == "Identity":
+    """Look through the Identity nodes torch's legacy exporter puts between weights and ops,
+    and the DequantizeLinear of QDQ-quantized weights."""
+    while node.op_type in ("Identity", "DequantizeLinear"):
         consumers = graph.consumers.get(node.output[0], [])
         if not consumers:
             break
@@ -184,8 +210,13 @@ def _real_consumer(graph: Graph, node: onnx.NodeProto) -> onnx.NodeProto:
     return node
 
 
+def _is_quantized_weight(name: str, consumers: list[onnx.NodeProto]) -> bool:
+    return any(i < len(node.input) and node.input[i] == name
+               for node in consumers for i in QUANTIZED_WEIGHTS.get(node.op_type, ()))
+
+
 def _is_statistic(node: onnx.NodeProto, name: str) -> bool:
-    positions = STATISTICS_INPUTS.get(node.op_type, ())
+    positions = NOT_PARAMS.get(node.op_type, ())
     return any(i < len(node.input) and node.input[i] == name for i in positions)
 
 

@@ -74,9 +74,11 @@ def propagate(graph: Graph) -> None:
 
 def infer_node(graph: Graph, node: onnx.NodeProto) -> list[Shape | None]:
     op = node.op_type
+    ins = [graph.shapes.get(name) if name else None for name in node.input]
+    if node.domain == "com.microsoft" and op in MICROSOFT_RULES and ins[0] is not None:
+        return MICROSOFT_RULES[op](graph, node, ins)
     if node.domain not in ("", "ai.onnx"):
         return fallback(graph, node)
-    ins = [graph.shapes.get(name) if name else None for name in node.input]
     rule = RULES.get(op)
     if rule is None:
         if op in UNARY:
@@ -645,6 +647,33 @@ RULES = {
     "SplitToSequence": split_to_sequence_rule, "SequenceAt": sequence_at_rule,
     "SequenceConstruct": sequence_construct_rule,
     "ConcatFromSequence": concat_from_sequence_rule,
+}
+
+
+def _qlinear_binary(graph, node, ins):
+    """QLinearAdd/QLinearMul: (A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp)."""
+    if ins[3] is None:
+        return [None]
+    return [broadcast(ins[0], ins[3])]
+
+
+def _qlinear_concat(graph, node, ins):
+    """QLinearConcat: (Y_scale, Y_zp, then (X, X_scale, X_zp) per input)."""
+    return concat_rule(graph, node, ins[2::3])
+
+
+# onnxruntime's quantized ops (what its quantizer writes in QOperator format); onnx's own
+# shape inference does not know this domain.
+MICROSOFT_RULES = {
+    "QLinearAdd": _qlinear_binary, "QLinearMul": _qlinear_binary,
+    "QLinearGlobalAveragePool": lambda g, n, i: [
+        (i[0][0], *[1] * (len(i[0]) - 2), i[0][-1]) if any(
+            a.name == "channels_last" and a.i for a in n.attribute) else
+        (i[0][0], i[0][1], *[1] * (len(i[0]) - 2))],
+    "QLinearAveragePool": pool_rule, "QLinearConcat": _qlinear_concat,
+    "QLinearSigmoid": unary_rule, "QLinearLeakyRelu": unary_rule, "QLinearSoftmax": unary_rule,
+    "QuantizeLinear": unary_rule, "DequantizeLinear": unary_rule,
+    "QGemm": lambda g, n, i: gemm_rule(g, n, [i[0], i[3]]),
 }
 
 
