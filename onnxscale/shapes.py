@@ -51,23 +51,34 @@ def propagate(graph: Graph) -> None:
     """Fill ``graph.shapes``, ``graph.dtypes`` and small ``graph.values`` for every node."""
     for node in graph.nodes:
         try:
-            shapes = infer_node(graph, node)
+            propagate_node(graph, node)
         except OnnxscaleError:
             raise
         except Exception as exc:  # a malformed node: report which one
             raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): cannot infer its output "
                                  f"shape ({type(exc).__name__}: {exc})") from exc
-        dtypes = infer_dtypes(graph, node)
-        for index, name in enumerate(node.output):
-            if not name:
-                continue
-            if index < len(shapes) and shapes[index] is not None:
-                graph.shapes[name] = tuple(int(d) for d in shapes[index])
-            else:
-                graph.shapes.setdefault(name, None)
-            if index < len(dtypes) and dtypes[index]:
-                graph.dtypes.setdefault(name, dtypes[index])
-        fold(graph, node)
+
+
+def propagate_node(graph: Graph, node: onnx.NodeProto, overwrite: bool = False) -> None:
+    """Shapes, dtypes and small values of one node's outputs.
+
+    ``overwrite``: replace shapes already known (a rewrite re-propagating a changed input
+    size); otherwise an unknown result never hides one found before.
+    """
+    shapes = infer_node(graph, node)
+    dtypes = infer_dtypes(graph, node)
+    for index, name in enumerate(node.output):
+        if not name:
+            continue
+        shape = tuple(int(d) for d in shapes[index]) if (
+            index < len(shapes) and shapes[index] is not None) else None
+        if shape is not None or overwrite:
+            graph.shapes[name] = shape
+        else:
+            graph.shapes.setdefault(name, None)
+        if index < len(dtypes) and dtypes[index]:
+            graph.dtypes.setdefault(name, dtypes[index])
+    fold(graph, node)
 
 
 # ---- per-op shape rules ---------------------------------------------------------------------

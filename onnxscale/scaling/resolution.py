@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 
 from ..errors import OnnxscaleError
 from ..graph import Graph, declared_dims
-from ..shapes import fold, infer_dtypes, infer_node
+from ..shapes import propagate_node
 from .blocks import weight_of
 from .pipeline import Edit, ScaleOptions
 from .protoedit import Tensors, copy_model, prune_dead, set_attribute
@@ -119,22 +119,14 @@ class _Rewriter:
         self._rebuild()
 
     def _propagate(self, node: onnx.NodeProto) -> None:
-        view = self.view
         try:
-            shapes = infer_node(view, node)
+            propagate_node(self.view, node, overwrite=True)
         except OnnxscaleError as exc:
             raise OnnxscaleError(f"resolution: {exc}; this node depends on the input size in a "
                                  f"way onnxscale cannot rewrite") from exc
-        dtypes = infer_dtypes(view, node)
-        for i, name in enumerate(node.output):
-            if not name:
-                continue
-            view.shapes[name] = tuple(int(d) for d in shapes[i]) if (
-                i < len(shapes) and shapes[i] is not None) else None
-            if i < len(dtypes) and dtypes[i]:
-                view.dtypes.setdefault(name, dtypes[i])
-            self._learn(name)
-        fold(view, node)
+        for name in node.output:
+            if name:
+                self._learn(name)
 
     def _learn(self, name: str) -> None:
         """Record old -> new spatial sizes (None when one old size got two new ones)."""
