@@ -25,6 +25,10 @@ class OnnxscaleGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # bad flags: one line, like our own usage errors
+            where = f" (see 'onnxscale {exc.ctx.info_name} --help')" \
+                if exc.ctx is not None and exc.ctx.parent is not None else ""
+            _fail(ctx, f"error: {exc.format_message()}{where}", exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except OnnxscaleError as exc:
@@ -323,8 +327,11 @@ def _batch_value(value: str | None):
 
 
 def _positive(ctx, param, value):
-    if value is not None and value <= 0:
-        raise click.BadParameter("must be positive")
+    """A multiplier: finite and positive (click's float type lets nan and inf through)."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter("must be a finite positive number")
     return value
 
 
@@ -339,83 +346,130 @@ def _positive(ctx, param, value):
 @click.option("--group-width", "-g", type=float, callback=_positive,
               help="Multiply the group width of grouped convs by G (default: unchanged).")
 @click.option("--strategy", "-s", help="Scaling strategy with --flops: letters of d, w, g, r "
-                                        "(dw, dwr), pycls weights (d1_w8_g8_r1), or dWr.")
-@click.option("--alpha", type=float, help="Fast compound scaling with this alpha (0.8 = dWr, "
-                                          "1/3 = dwr, 1 = width only), with --flops.")
+                                        "(dw, dwr), pycls weights (d1_w8_g8_r1), or dWr; "
+                                        "comma-separated for a grid.")
+@click.option("--alpha", help="Fast compound scaling with this alpha (0.8 = dWr, 1/3 = dwr, "
+                               "1 = width only), with --flops; comma-separated for a grid.")
 @click.option("--flops", "flops_target", help="Flops target for --strategy/--alpha: a ratio "
-                                              "(2x) or a count (4G, 800M, 1.5e9).")
+                                              "(2x) or a count (4G, 800M, 1.5e9); "
+                                              "comma-separated for a grid.")
+@click.option("--preset", help="EfficientNet's own compound scaling: efficientnet-b1 ... b7 "
+                               "(its coefficients and rounding, relative to B0 at 224).")
 @click.option("--no-search", is_flag=True, help="Apply the strategy's multipliers once, as "
                                                 "pycls does, instead of searching the flops "
                                                 "target through the rounding.")
+@click.option("--tolerance", default="1.5%", show_default=True,
+              help="Largest accepted miss of the flops target (1.5%, 0.05); a strategy that "
+                   "cannot get this close is refused.")
 @click.option("--batch", help="Rewrite the batch dim: 'dynamic' or a positive integer.")
 @click.option("--init", type=click.Choice(["preserve", "random"]), default="preserve",
               show_default=True, help="Weights of new channels/blocks: function-preserving "
                                       "copies, or fresh random (runtime studies).")
 @click.option("--divisor", type=click.IntRange(min=1), default=8, show_default=True,
               help="Channel counts become multiples of this.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
-              help="Output file (default: MODEL.w2.onnx beside the input).")
+@click.option("-o", "--output", type=click.Path(),
+              help="Output file (default: MODEL.w2.onnx beside the input); a folder for a grid.")
 @click.option("--verify", is_flag=True, help="Run base and scaled model in ONNX Runtime and "
                                              "report the relative L2 difference of outputs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for random init.")
+@click.option("--max-size", default="16G", show_default=True,
+              help="Refuse models whose weights, or whose batch-1 activations, need more bytes "
+                   "than this.")
 @input_shape_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
-def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, no_search,
-          batch, init, divisor, output, verify, seed, input_shapes, as_json):
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables "
+                                                      "(a list of them for a grid).")
+def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, preset,
+          no_search, tolerance, batch, init, divisor, output, verify, seed, max_size, input_shapes,
+          as_json):
     """Scale width, depth and resolution to a new ONNX model.
 
-    Either give multipliers (--width/--depth/--resolution/--group-width) or a strategy and a
-    flops target (--strategy dWr --flops 2x); the target is met through the rounding by
-    searching the strategy's scale factor.
+    Give multipliers (--width/--depth/--resolution/--group-width), a strategy and a flops
+    target (--strategy dWr --flops 2x; the target is met through the rounding by searching
+    the strategy's scale factor, or refused when it cannot be), or an EfficientNet preset.
+    Comma-separated strategies and targets make a grid: every combination is written to the
+    folder given with -o, the base model loaded and analyzed once.
 
     Examples: onnxscale scale zoo:efficientnet-b0 --strategy dWr --flops 4x;
-    onnxscale scale model.onnx --width 2 -o model-w2.onnx
+    onnxscale scale model.onnx --width 2 -o model-w2.onnx;
+    onnxscale scale zoo:efficientnet-b0 --strategy d,w,r,dw,dwr,dWr --flops 2x,4x,16x -o grid/
     """
     from pathlib import Path
 
-    from .model import load_model, parse_input_shapes, save_model
-    from .scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
-                                   default_output, scale_model, stamp)
+    from .model import load_model, parse_input_shapes
+    from .scaling.job import plan_job, write_job
+    from .scaling.pipeline import Planner, ScaleOptions
+    from .scaling.plan import parse_bytes
 
-    options = ScaleOptions(init=init, divisor=divisor, batch=_batch_value(batch), seed=seed)
-    weights = _strategy_weights(strategy, alpha, flops_target,
-                                any(v is not None for v in (width, depth, resolution, group_width)))
+    options = ScaleOptions(init=init, divisor=divisor, batch=_batch_value(batch), seed=seed,
+                           max_bytes=parse_bytes(max_size))
+    multipliers = (width, depth, resolution, group_width)
+    jobs = _jobs(strategy, alpha, flops_target, preset, no_search, multipliers,
+                 _checked(parse_tolerance, tolerance))
     shapes = parse_input_shapes(input_shapes)
+    if len(jobs) > 1:
+        _scale_grid(model, shapes, jobs, options, output, verify, as_json)
+        return
     loaded = load_model(model)
-    solution = None
-    if weights is not None:
-        from .scaling.solver import solve
-        from .scaling.strategy import parse_flops
-
-        kind, value = _checked(parse_flops, flops_target)
-        solution = solve(loaded.proto, shapes, weights, kind, value, options,
-                         search=not no_search)
-        multipliers, outcome = solution.multipliers, solution.outcome
-    else:
-        multipliers = Multipliers(d=depth or 1.0, w=width or 1.0, g=group_width or 1.0,
-                                  r=resolution or 1.0)
-        outcome = scale_model(loaded.proto, shapes, multipliers, options)
-    if verify and outcome.inputs != outcome.base.inputs:
-        raise OnnxscaleError("--verify runs both models on the same inputs, but the scaled "
-                             "model's input size differs (--resolution or --batch)")
-    scaled = stamp(outcome, loaded.source, multipliers, options)
-    target = Path(output) if output else default_output(loaded.source, multipliers, options)
-    save_model(scaled, target, protect=loaded.path)
-    outcome.model = scaled = None  # checked from the file: one model in memory at a time
-    check(str(target))
-    difference = None
-    if verify:
-        difference = compare_outputs(loaded.proto, str(target), outcome.base.inputs)
-    result = scale_summary(str(target), outcome, multipliers, difference)
-    if solution is not None:
-        result["strategy"] = {"name": strategy or f"alpha={alpha:g}", "weights": weights,
-                              **solution.summary()}
+    planned = plan_job(Planner(loaded.proto, shapes), jobs[0], options)
+    result = write_job(loaded, shapes, planned, Path(output) if output else None, verify)
     if as_json:
         print_json(result)
         return
     from .render import print_scale
 
     print_scale(result)
+
+
+def _jobs(strategy, alpha, flops_target, preset, no_search, multipliers, tolerance) -> list:
+    """What to make, from the flags: one job, or a grid (comma-separated lists)."""
+    from .errors import UsageError
+    from .scaling.job import Job
+    from .scaling.pipeline import Multipliers
+    from .scaling.strategy import alpha_weights, parse_flops, parse_strategy, preset_multipliers
+
+    has_multipliers = any(v is not None for v in multipliers)
+    if preset is not None:
+        if strategy or alpha or flops_target or has_multipliers:
+            raise UsageError("--preset sets depth, width and resolution itself: give it alone, "
+                             "without --strategy/--alpha/--flops or multipliers")
+        names = _split(preset, "--preset")
+        for name in names:
+            _checked(preset_multipliers, name)
+        return [Job(preset=name) for name in names]
+    if strategy is None and alpha is None:
+        if flops_target is not None:
+            raise UsageError("--flops needs --strategy (e.g. dWr) or --alpha")
+        width, depth, resolution, group_width = multipliers
+        return [Job(multipliers=Multipliers(d=depth or 1.0, w=width or 1.0,
+                                            g=group_width or 1.0, r=resolution or 1.0))]
+    if has_multipliers:
+        raise UsageError("give either --strategy/--alpha with --flops, or --width/--depth/"
+                         "--resolution/--group-width, not both")
+    if strategy is not None and alpha is not None:
+        raise UsageError("give --strategy or --alpha, not both")
+    if flops_target is None:
+        raise UsageError("--strategy/--alpha need a flops target: --flops 2x (or 4G)")
+    if strategy is not None:
+        named = [(name, _checked(parse_strategy, name)) for name in _split(strategy, "--strategy")]
+    else:
+        named = [(f"alpha={a}", _checked(alpha_weights, _checked(float, a)))
+                 for a in _split(alpha, "--alpha")]
+    targets = [(text, _checked(parse_flops, text)) for text in _split(flops_target, "--flops")]
+    return [Job(strategy=name, weights=weights, flops=text, target=target,
+                search=not no_search, tolerance=tolerance)
+            for name, weights in named for text, target in targets]
+
+
+def parse_tolerance(text: str) -> float:
+    """``1.5%`` or ``0.015`` -> 0.015 (finite, positive, below 100%)."""
+    import math
+
+    spec = text.strip()
+    value = float(spec[:-1]) / 100 if spec.endswith("%") else float(spec)
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise ValueError(f"--tolerance '{text}': give a fraction in (0, 1) or a percentage "
+                         f"like 1.5%")
+    return value
 
 
 def _checked(parse, text):
@@ -428,42 +482,59 @@ def _checked(parse, text):
         raise UsageError(str(exc)) from None
 
 
-def _strategy_weights(strategy, alpha, flops_target, has_multipliers: bool):
-    """Strategy weights from --strategy or --alpha (None when multipliers are given)."""
+def _split(text: str, flag: str) -> list[str]:
     from .errors import UsageError
-    from .scaling.strategy import alpha_weights, parse_strategy
 
-    if strategy is None and alpha is None:
-        if flops_target is not None:
-            raise UsageError("--flops needs --strategy (e.g. dWr) or --alpha")
-        return None
-    if has_multipliers:
-        raise UsageError("give either --strategy/--alpha with --flops, or --width/--depth/"
-                         "--resolution/--group-width, not both")
-    if strategy is not None and alpha is not None:
-        raise UsageError("give --strategy or --alpha, not both")
-    if flops_target is None:
-        raise UsageError("--strategy/--alpha need a flops target: --flops 2x (or 4G)")
-    return _checked(parse_strategy, strategy) if strategy else _checked(alpha_weights, alpha)
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UsageError(f"{flag} '{text}': empty entry in the comma-separated list")
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"{flag} '{text}': an entry is repeated")
+    return parts
 
 
-def scale_summary(output: str, outcome, multipliers, difference) -> dict:
-    """The ``scale --json`` object."""
+def _scale_grid(model, shapes, jobs, options, output, verify, as_json) -> None:
+    """Plan every job (refusing the grid before writing anything if one is unreachable),
+    then write them all; a progress bar on stderr, one summary table."""
+    from pathlib import Path
 
-    def figures(report):
-        return {"flops": report.flops, "params": report.params, "acts": report.acts,
-                "inputs": report.inputs}
+    from rich.console import Console
+    from rich.progress import Progress
 
-    details = {edit.kind: edit.details for edit in outcome.edits}
-    result = {"output": output, "base": figures(outcome.base), "scaled": figures(outcome.scaled),
-              "multipliers": multipliers.as_dict(), "exact": outcome.exact,
-              "groups": details.get("width", {}).get("groups", []),
-              "stages": details.get("depth", {}).get("stages", []),
-              "notes": [note for edit in outcome.edits for note in edit.notes],
-              "edits": [{"kind": e.kind, "exact": e.exact, **e.details} for e in outcome.edits]}
-    if difference is not None:
-        result["verified_rel_l2"] = difference
-    return result
+    from .model import load_model
+    from .scaling.job import grid_output, plan_job, write_job
+    from .scaling.pipeline import Planner
+
+    folder = Path(output) if output else Path(".")
+    if folder.exists() and not folder.is_dir():
+        raise OnnxscaleError(f"{folder}: a grid writes one file per combination; -o must be "
+                             f"a folder, and this is a file")
+    loaded = load_model(model)
+    planner = Planner(loaded.proto, shapes)
+    results, console = [], Console(stderr=True)
+    with Progress(console=console, transient=True, disable=as_json) as progress:
+        task = progress.add_task("planning", total=2 * len(jobs))
+        planned = []
+        for job in jobs:
+            progress.update(task, description=f"planning {job.label}")
+            try:
+                planned.append(plan_job(planner, job, options))
+            except OnnxscaleError as exc:
+                raise type(exc)(f"{job.label}: {exc} (nothing written)") from exc
+            progress.advance(task)
+        del planner
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in planned:
+            progress.update(task, description=f"writing {item.job.label}")
+            target = grid_output(loaded.source, item.job, folder)
+            results.append(write_job(loaded, shapes, item, target, verify))
+            progress.advance(task)
+    if as_json:
+        print_json(results)
+        return
+    from .render import print_scale_grid
+
+    print_scale_grid(results)
 
 
 # ---- zoo --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Every other op type is listed in `Report.uncounted`, so nothing is silently coun
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -83,7 +84,7 @@ class Report:
 
 
 def numel(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape is not None else 0
+    return math.prod(int(d) for d in shape) if shape is not None else 0
 
 
 def _require(graph: Graph, node: onnx.NodeProto, index: int) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ structural algorithms (channel groups, blocks); the complexity counters only nee
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from functools import cached_property
 
@@ -21,13 +22,13 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import OnnxscaleError, UsageError
+from .hollow import FLOAT_TYPES, as_hollow, is_hollow
+from .hollow import SMALL as MAX_FOLD_ELEMENTS
 from .model import default_opset
 
-FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-               onnx.TensorProto.DOUBLE}
 # Folding constants keeps shape arithmetic (Shape -> Gather -> Concat -> Reshape) exact; we only
-# materialize small tensors so a weight never gets converted to numpy just to be looked at.
-MAX_FOLD_ELEMENTS = 4096
+# materialize small tensors (at most MAX_FOLD_ELEMENTS) so a weight never gets converted to
+# numpy just to be looked at.
 
 
 class Graph:
@@ -93,12 +94,15 @@ class Graph:
         return self.shapes.get(name)
 
     def value(self, name: str) -> np.ndarray | None:
-        """The value of a constant or folded tensor (weights are converted on demand)."""
+        """The value of a constant or folded tensor (weights are converted on demand; a
+        hollow weight of a planning model gives its `Hollow` stand-in)."""
         if name in self.values:
             return self.values[name]
         tensor = self.consts.get(name)
         if tensor is None:
             return None
+        if is_hollow(tensor):
+            return as_hollow(tensor)
         array = numpy_helper.to_array(tensor)
         if array.size <= MAX_FOLD_ELEMENTS:
             self.values[name] = array
@@ -109,7 +113,8 @@ class Graph:
         if name in self.values:
             return self.values[name]
         tensor = self.consts.get(name)
-        if tensor is not None and int(np.prod(tensor.dims)) <= MAX_FOLD_ELEMENTS:
+        if tensor is not None and math.prod(tensor.dims) <= MAX_FOLD_ELEMENTS \
+                and not is_hollow(tensor):
             return self.value(name)
         return None
 

@@ -19,6 +19,7 @@ import onnx
 from onnx import external_data_helper
 
 from .errors import OnnxscaleError, UsageError
+from .hollow import assert_solid
 
 ZOO_PREFIX = "zoo:"
 MIN_OPSET, MAX_OPSET = 9, 23
@@ -145,6 +146,7 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
     as external data in ``OUT.data``.
     """
     out = Path(out)
+    assert_solid(proto)
     if protect is not None and out.exists() and out.resolve() == Path(protect).resolve():
         raise OnnxscaleError(f"{out}: refusing to overwrite the input model; choose another -o")
     if out.is_dir():

@@ -89,6 +89,40 @@ def print_scale(result: dict, console: Console | None = None) -> None:
         console.print(f"[dim]note: {note}[/]")
 
 
+def print_scale_grid(results: list[dict], console: Console | None = None) -> None:
+    """One row per model of a grid (``scale --strategy a,b --flops x,y``): ratios to the base."""
+    from pathlib import Path
+
+    console = console or Console()
+    base = results[0]["base"]
+    inputs = ", ".join(f"{n} {dims(s)}" for n, s in base["inputs"].items())
+    folder = Path(results[0]["output"]).parent
+    console.print(f"base: {human(base['flops'])} flops, {human(base['params'])} params, "
+                  f"{human(base['acts'])} acts, {inputs}")
+    names = Path(results[0]["output"]).name.split(".")[0]
+    table = Table(title=f"{len(results)} models written to {folder}/{names}.STRATEGY.TARGET"
+                        f".onnx (figures: ratios to the base)", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for column in ("strategy", "target", "flops", "error", "params", "acts", "d/w/r",
+                   "size"):
+        table.add_column(column, justify="left" if column == "strategy" else "right",
+                         no_wrap=True)
+    for result in results:
+        scaled, m = result["scaled"], result["multipliers"]
+        strategy = result.get("strategy")
+        name = strategy["name"] if strategy else result.get("preset", "")
+        sizes = [s[2:] for s in scaled["inputs"].values() if len(s) == 4]
+        size = "-" if not sizes else str(sizes[0][0]) if sizes[0][0] == sizes[0][1] else \
+            "x".join(str(d) for d in sizes[0])
+        table.add_row(name, strategy["flops"] if strategy else "",
+                      f"{scaled['flops'] / base['flops']:.3f}",
+                      f"{strategy['error']:+.2%}" if strategy else "",
+                      f"{scaled['params'] / base['params']:.2f}" if base["params"] else "-",
+                      f"{scaled['acts'] / base['acts']:.2f}" if base["acts"] else "-",
+                      f"{m['d']:.3g}/{m['w']:.3g}/{m['r']:.3g}", size)
+    console.print(table)
+
+
 def print_zoo(entries: list[dict], console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="Built-in models (use as zoo:NAME)", title_justify="left")

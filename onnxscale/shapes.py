@@ -791,6 +791,10 @@ def fold(graph: Graph, node: onnx.NodeProto) -> None:
                 else np.float32(0)
             graph.values[out] = np.full(shape, fill)
         return
+    named = [name for name in node.input if name]
+    if not named or any(name not in graph.values and name not in graph.consts
+                        for name in named):
+        return  # most nodes read a computed tensor: nothing to fold, decided without decoding
     values = [graph.small_value(name) if name else None for name in node.input]
     present = [v for name, v in zip(node.input, values) if name]
     if not present or any(v is None for v in present):

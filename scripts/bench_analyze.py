@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""Whole-process `onnxscale analyze` time against onnx-tool (load + shape_infer + profile).
+"""Whole-process `onnxscale analyze` time against onnx-tool (load + shape_infer + profile),
+both installed in one fresh virtual environment, as a new user gets them.
 
-Both tools run as fresh subprocesses on the same files, interleaved, N times each; the table
-shows medians and the ratio onnx-tool / onnxscale measured side by side in this one run.
-Files: a generated ~7,000-node deep ResNet (onnx.helper), and torchvision DenseNet-121 and
-EfficientNet-B0 exported with the legacy exporter (needs the test extras: torch, torchvision).
+The script creates the venv (`fresh_venv.py`: ``pip install . onnx-tool``, newest allowed
+versions), then runs both tools as fresh subprocesses on the same files, interleaved, N times
+each, and prints medians and the ratio onnxscale / onnx-tool measured side by side in this
+one run.  Import time is reported apart: ``python -c pass``, ``import onnx, numpy`` (what both
+tools pay) and onnxscale's own CLI import.  Files: a generated ~7,000-node deep ResNet
+(onnx.helper), and torchvision DenseNet-121 and EfficientNet-B0 exported with the legacy
+exporter by *this* interpreter (which needs the test extras: torch, torchvision).
 
-    pip install onnx-tool && python scripts/bench_analyze.py [--runs 5]
+    python scripts/bench_analyze.py [--runs 5] [--venv PATH (reuse one)]
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fresh_venv import FreshVenv  # noqa: E402
 
 ONNX_TOOL = ("import sys, onnx_tool; m = onnx_tool.Model(sys.argv[1]); "
              "m.graph.shape_infer(); m.graph.profile(); print(int(m.graph.macs[0]))")
@@ -75,42 +82,51 @@ def torchvision_export(name: str, folder: Path) -> Path:
     return path
 
 
-# Both tools run with bytecode caching on, as installed packages do (pip compiles onnx-tool's
-# .pyc files at install; an editable onnxscale writes its own on the first, untimed run).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+IMPORTS = {
+    "python -c pass": ["-c", "pass"],
+    "import numpy, onnx (both tools)": ["-c", "import numpy, onnx"],
+    "import onnxscale CLI + analysis": ["-c", "import onnxscale.cli, onnxscale.complexity"],
+}
 
 
-def timed(command: list[str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=ENV)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:3])} failed: {result.stderr[-500:]}")
-    return elapsed
+def median_runs(venv: FreshVenv, commands: dict[str, list[str]], runs: int) -> dict[str, float]:
+    """Median seconds of each command, interleaved, after one untimed warm-up round."""
+    times: dict[str, list[float]] = {label: [] for label in commands}
+    for round_ in range(runs + 1):
+        for label, args in commands.items():
+            seconds = venv.timed(args)
+            if round_:
+                times[label].append(seconds)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--venv", type=Path, help="reuse this venv instead of creating one")
     args = parser.parse_args()
+    venv = FreshVenv(args.venv) if args.venv else FreshVenv.create(extra=["onnx-tool"])
+    versions = venv.versions(["onnxscale", "onnx", "onnx-tool", "numpy", "ml_dtypes",
+                              "protobuf", "onnxruntime-gpu", "onnxruntime"])
+    print("venv:", ", ".join(f"{k} {v}" for k, v in versions.items()))
     folder = Path(tempfile.mkdtemp(prefix="bench_analyze."))
     deep = folder / "deep_resnet.onnx"
     onnx.save(deep_resnet(), str(deep))
     files = {"deep ResNet (7,004 nodes)": deep,
              "DenseNet-121": torchvision_export("densenet121", folder),
              "EfficientNet-B0": torchvision_export("efficientnet_b0", folder)}
-    rows = []
+    imports = median_runs(venv, IMPORTS, args.runs)
+    print(f"\n{'import (whole process)':34} {'median s':>9}")
+    for label, seconds in imports.items():
+        print(f"{label:34} {seconds:9.3f}")
+    print(f"\n{'model':28} {'onnxscale s':>12} {'onnx-tool s':>12} {'onnxscale/onnx-tool':>20}")
     for label, path in files.items():
-        ours, theirs = [], []
-        for _ in range(args.runs + 1):  # interleaved: both tools see the same machine load
-            ours.append(timed([sys.executable, "-m", "onnxscale", "analyze", str(path),
-                               "--json"]))
-            theirs.append(timed([sys.executable, "-c", ONNX_TOOL, str(path)]))
-        rows.append((label, statistics.median(ours[1:]), statistics.median(theirs[1:])))
-    print(f"{'model':28} {'onnxscale s':>12} {'onnx-tool s':>12} {'onnx-tool/onnxscale':>20}")
-    for label, ours, theirs in rows:
-        print(f"{label:28} {ours:12.2f} {theirs:12.2f} {theirs / ours:19.1f}x")
-    print(f"(medians of {args.runs} interleaved whole-process runs each, after one warm-up)")
+        result = median_runs(venv, {"ours": ["-m", "onnxscale", "analyze", str(path), "--json"],
+                                    "theirs": ["-c", ONNX_TOOL, str(path)]}, args.runs)
+        ours, theirs = result["ours"], result["theirs"]
+        print(f"{label:28} {ours:12.2f} {theirs:12.2f} {ours / theirs:19.2f}x")
+    print(f"(medians of {args.runs} interleaved whole-process runs each, after one warm-up; "
+          f"bytecode cached)")
 
 
 if __name__ == "__main__":

@@ -26,18 +26,23 @@ from onnx import helper
 
 from ..errors import OnnxscaleError
 from ..graph import FLOAT_TYPES, Graph
+from ..hollow import Hollow
+from .init import he_normal
 from .blocks import Block, Stage, find_blocks, instantiation_problem, spatial_layer, weight_of
-from .pipeline import Edit, ScaleOptions
+from .plan import Edit, ScaleOptions
 from .protoedit import Tensors, copy_model, prune_dead, remove_attribute, set_attribute
-from .strategy import round_depth
+from .strategy import stage_depth
 
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
 METADATA_READERS = {"Shape", "Size", "Identity", "CastLike"}
 
 
-def scale_depth(proto: onnx.ModelProto, graph: Graph, d: float, options: ScaleOptions) -> Edit:
-    """Set every stage's block count to ``max(1, round(d * n))``; never mutates ``proto``."""
-    found = find_blocks(graph)
+def scale_depth(proto: onnx.ModelProto, graph: Graph, d: float, options: ScaleOptions,
+                found=None) -> Edit:
+    """Set every stage's block count to ``max(1, round(d * n))``; never mutates ``proto``.
+
+    ``found``: the stages of ``graph`` when the caller already has them (`find_blocks`)."""
+    found = found or find_blocks(graph)
     if not any(stage.mode for stage in found.stages):
         raise OnnxscaleError("depth: no repeatable blocks found (no residual blocks or stages "
                              "of repeated layers); see `onnxscale blocks MODEL`")
@@ -50,6 +55,12 @@ def scale_depth(proto: onnx.ModelProto, graph: Graph, d: float, options: ScaleOp
     if options.init == "random" and any(row["new"] > row["old"] for row in rows):
         notes.append("new blocks have random weights (--init random): outputs differ")
     return Edit("depth", model, exact, {"stages": rows}, notes)
+
+
+def depth_key(found, d: float, rounding: str = "pycls") -> tuple[int, ...]:
+    """Block counts per stage for ``d``: equal keys give the same deepened model."""
+    return tuple(stage_depth(d, len(stage.blocks), rounding) if stage.mode
+                 else len(stage.blocks) for stage in found.stages)
 
 
 class _Editor:
@@ -69,11 +80,12 @@ class _Editor:
     # ---- per stage ----------------------------------------------------------------------
     def scale_stage(self, stage: Stage, d: float, notes: list[str]) -> dict:
         old = len(stage.blocks)
-        new = round_depth(d, old) if stage.mode else old
+        wanted = stage_depth(d, old, self.options.rounding)
+        new = wanted if stage.mode else old
         row = {"stage": stage.index, "resolution": _resolution(stage.shape),
                "width": _width(stage.shape), "old": old, "new": new, "mode": stage.mode,
                "exact": True}
-        if not stage.mode and round_depth(d, old) != old:
+        if not stage.mode and wanted != old:
             notes.append(f"stage {stage.index} kept at {old} block(s): {stage.reason}")
         if new > old:
             row["new"], row["exact"] = self._grow(stage, new - old, notes)
@@ -301,9 +313,11 @@ def _random_like(node: onnx.NodeProto, index: int, array: np.ndarray,
     """Fresh weights of the same shape: He-normal conv/linear weights, unit BatchNorm, zero
     biases; other constants (activation parameters, layer scales) are kept."""
     op, dtype = node.op_type, array.dtype
+    if isinstance(array, Hollow):  # planning: same shape, no values
+        return array
     if op in ("Conv", "ConvTranspose", "Gemm", "MatMul") and array.ndim >= 2 and index == 1:
         fan_in = int(np.prod(array.shape[1:])) if op != "MatMul" else array.shape[0]
-        return (rng.standard_normal(array.shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(dtype)
+        return he_normal(rng, array.shape, fan_in, dtype)
     if op in ("Conv", "ConvTranspose", "Gemm") and index == 2:
         return np.zeros_like(array)
     if op == "BatchNormalization":

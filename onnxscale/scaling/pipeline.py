@@ -1,10 +1,15 @@
-"""One rewrite pipeline for depth, width and resolution: plan -> edit -> verify -> write.
+"""One rewrite pipeline for depth, width and resolution: plan -> apply -> verify -> write.
 
 Each step is a function ``step(proto, graph, ..., options) -> Edit`` that returns a *new*
 ModelProto (the input is never mutated) and says whether it preserved the function
 (``exact``) and what it did (``details``, for ``--json``).  The order is fixed: depth first
 (new blocks are clones at the base width), then width (widens old and new blocks alike), then
 resolution and batch (they only touch the input and what is baked to its size).
+
+The steps run twice, on two kinds of model: `plan_scale` runs them on a hollow model (large
+weights have shapes, no values: `onnxscale.hollow`) and gives a `Plan` with the exact
+complexity and weight bytes of the result at the cost of its structure alone; `apply_plan`
+runs them on the real model, once, for the plan chosen.  The solver searches plans.
 
 The strategy math (`strategy.py`) decides the multipliers; nothing here decides how much to
 scale.
@@ -13,7 +18,7 @@ scale.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,109 +26,191 @@ import onnx
 
 from .. import __version__
 from ..complexity import Report, analyze
-from ..errors import OnnxscaleError
+from ..errors import OnnxscaleError, UsageError
 from ..graph import Graph
+from ..hollow import hollow_model
+from .depth import scale_depth
+from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOutcome,
+                   format_bytes)
+from .resolution import scale_resolution
+from .width import scale_width
 
-INIT_POLICIES = ("preserve", "random")
+__all__ = ["Multipliers", "ScaleOptions", "ScaleOutcome", "Plan", "Edit", "Planner",
+           "scale_model", "plan_scale", "apply_plan", "stamp", "check", "default_output",
+           "random_inputs", "compare_outputs"]
 
-
-@dataclass
-class Multipliers:
-    """Depth, width, group-width and resolution multipliers (pycls's d, w, g, r)."""
-
-    d: float = 1.0
-    w: float = 1.0
-    g: float = 1.0
-    r: float = 1.0
-
-    def is_identity(self) -> bool:
-        return self.d == 1 and self.w == 1 and self.g == 1 and self.r == 1
-
-    def as_dict(self) -> dict[str, float]:
-        return {"d": self.d, "w": self.w, "g": self.g, "r": self.r}
+# Up-front refusal: a plan itself costs time and memory in proportion to the model it
+# describes (``--depth 1e9`` is a billion hollow blocks), so multipliers whose rough size
+# estimate exceeds the limit this many times over are refused before planning.
+ESTIMATE_SLACK = 4
+CHECK_IN_MEMORY_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit, with room to spare
 
 
-@dataclass
-class ScaleOptions:
-    init: str = "preserve"          # "preserve" (function-preserving) or "random"
-    divisor: int = 8                # channel counts become multiples of this (pycls: 8)
-    resolution_divisor: int = 4     # input sizes become multiples of this (pycls: 4)
-    batch: str | int | None = None  # None: keep; "dynamic" or a positive int
-    seed: int = 0
+class Planner:
+    """The hollow base model, indexed and analyzed once, to plan many candidates cheaply."""
+
+    def __init__(self, proto: onnx.ModelProto, input_shapes: dict[str, list[int]]):
+        self.hollow = hollow_model(proto)
+        self.graph = Graph(self.hollow, input_shapes)
+        self.base = analyze(self.graph)
+        self.input_shapes = input_shapes
+        self.cache = _DepthCache()
+
+    def plan(self, multipliers: Multipliers, options: ScaleOptions) -> Plan:
+        return plan_scale(self.hollow, self.input_shapes, multipliers, options,
+                          (self.graph, self.base), self.cache)
 
 
-@dataclass
-class Edit:
-    """What one rewrite step did."""
+class _DepthCache:
+    """Deepened hollow models by block counts per stage (and init policy).
 
-    kind: str                        # "depth" | "width" | "resolution"
-    model: onnx.ModelProto
-    exact: bool
-    details: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    inputs: dict[str, list[int]] | None = None  # new input dims, when the step changed them
+    Depth moves in whole blocks, so a search over s meets the same deepened model again and
+    again (d = s^0.1 for dWr); its width and resolution steps then differ."""
 
+    def __init__(self):
+        self.found = None
+        self.models: dict[tuple, tuple[onnx.ModelProto, Edit, Graph]] = {}
 
-@dataclass
-class ScaleOutcome:
-    model: onnx.ModelProto
-    edits: list[Edit]
-    base: Report
-    scaled: Report
-    inputs: dict[str, list[int]]
+    def deepen(self, proto, graph, d: float, options: ScaleOptions):
+        from .blocks import find_blocks
+        from .depth import depth_key
 
-    @property
-    def exact(self) -> bool:
-        return all(edit.exact for edit in self.edits)
+        if self.found is None:
+            self.found = find_blocks(graph)
+        key = (depth_key(self.found, d, options.rounding), options.init, options.seed)
+        if key not in self.models:
+            edit = scale_depth(proto, graph, d, options, found=self.found)
+            model, edit.model = edit.model, None
+            if len(self.models) >= 8:  # hollow models are small, but a search is long
+                self.models.pop(next(iter(self.models)))
+            self.models[key] = (model, edit, Graph(model, dict(graph.inputs)))
+        return self.models[key]
 
 
 def scale_model(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
-                multipliers: Multipliers, options: ScaleOptions,
-                prepared: tuple[Graph, Report] | None = None) -> ScaleOutcome:
-    """Apply depth, width and resolution scaling in turn; analyze before and after.
+                multipliers: Multipliers, options: ScaleOptions) -> ScaleOutcome:
+    """Plan, check the plan's size against ``options.max_bytes``, then apply it."""
+    plan = Planner(proto, input_shapes).plan(multipliers, options)
+    return apply_plan(proto, input_shapes, plan)
 
-    ``prepared`` is the base model's graph and report when the caller already has them (the
-    solver rewrites one model many times; steps never modify the graph they are given).
+
+def plan_scale(hollow: onnx.ModelProto, input_shapes: dict[str, list[int]],
+               multipliers: Multipliers, options: ScaleOptions,
+               prepared: tuple[Graph, Report], cache: "_DepthCache | None" = None) -> Plan:
+    """Run the steps on a hollow model: the scaled structure and its exact complexity.
+
+    ``prepared`` is the hollow model's graph and report (built once by `Planner`).  Raises a
+    `UsageError` when the result's weights or batch-1 activations exceed ``options.max_bytes``.
     """
-    if options.init not in INIT_POLICIES:
-        raise OnnxscaleError(f"--init must be one of {', '.join(INIT_POLICIES)}")
-    if prepared is None:
-        graph = Graph(proto, input_shapes)
-        prepared = graph, analyze(graph)
+    _check_options(options)
+    multipliers.validate()
     graph, base = prepared
+    _refuse_estimate(base, multipliers, options)
+    model, edits, graph, inputs = _run_steps(hollow, graph, multipliers, options, cache)
+    scaled = analyze(graph)
+    plan = Plan(multipliers, options, base, scaled, inputs, _weight_bytes(graph), edits)
+    _refuse_plan(plan)
+    return plan
+
+
+def apply_plan(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
+               plan: Plan) -> ScaleOutcome:
+    """Write the planned model with real weights; its complexity must equal the plan's."""
+    graph = Graph(proto, input_shapes)
+    model, edits, graph, inputs = _run_steps(proto, graph, plan.multipliers, plan.options)
+    scaled = analyze(graph)
+    planned = (plan.scaled.flops, plan.scaled.params, plan.scaled.acts)
+    if (scaled.flops, scaled.params, scaled.acts) != planned:
+        raise AssertionError(f"internal: the written model (flops, params, acts) = "
+                             f"{(scaled.flops, scaled.params, scaled.acts)} differs from its "
+                             f"plan {planned}")
+    return ScaleOutcome(model, edits, plan.base, scaled, inputs)
+
+
+def _run_steps(proto: onnx.ModelProto, graph: Graph, multipliers: Multipliers,
+               options: ScaleOptions, cache: _DepthCache | None = None):
     shapes = {name: list(dims) for name, dims in graph.inputs.items()}
     edits: list[Edit] = []
-    current = proto
+    current, owned = proto, False  # owned: an intermediate model no one else holds
     for kind, needed in (("depth", multipliers.d != 1),
                          ("width", multipliers.w != 1 or multipliers.g != 1),
                          ("resolution", multipliers.r != 1 or options.batch is not None)):
         if not needed:
             continue
-        edit = _run_step(kind, current, graph, multipliers, options)
+        if kind == "depth" and cache is not None:
+            current, edit, graph = cache.deepen(current, graph, multipliers.d, options)
+            edits.append(edit)
+            continue
+        edit = _run_step(kind, current, graph, multipliers, options, owned)
+        owned = True
         edits.append(edit)
         current, edit.model = edit.model, None  # the outcome holds the one final model
         if edit.inputs is not None:
             shapes = edit.inputs
-        graph = Graph(current, shapes)
+        graph = edit.graph if edit.graph is not None else Graph(current, shapes)
+        edit.graph = None
     if not edits:
         raise OnnxscaleError("nothing to do: give --width, --depth, --resolution, --batch or "
                              "--strategy with --flops")
-    return ScaleOutcome(current, edits, base, analyze(graph), shapes)
+    return current, edits, graph, shapes
 
 
 def _run_step(kind: str, proto: onnx.ModelProto, graph: Graph, m: Multipliers,
-              options: ScaleOptions) -> Edit:
+              options: ScaleOptions, owned: bool) -> Edit:
     if kind == "depth":
-        from .depth import scale_depth
-
         return scale_depth(proto, graph, m.d, options)
     if kind == "width":
-        from .width import scale_width
-
         return scale_width(proto, graph, m.w, m.g, options)
-    from .resolution import scale_resolution
+    return scale_resolution(proto, graph, m.r, options, in_place=owned)
 
-    return scale_resolution(proto, graph, m.r, options)
+
+def _check_options(options: ScaleOptions) -> None:
+    if options.init not in INIT_POLICIES:
+        raise OnnxscaleError(f"--init must be one of {', '.join(INIT_POLICIES)}")
+
+
+def _refuse_estimate(base: Report, m: Multipliers, options: ScaleOptions) -> None:
+    """Refuse multipliers far beyond the size limit before spending time planning them.
+
+    params grow about d*w^2 and acts d*w*r^2 (DESIGN.md §3); the plan then checks exactly."""
+    params = 4.0 * max(base.params, 1) * max(m.d, 1) * max(m.w, 1) ** 2 * max(m.g, 1)
+    acts = 4.0 * max(base.acts, 1) * max(m.d, 1) * max(m.w, 1) * max(m.r, 1) ** 2
+    limit = ESTIMATE_SLACK * options.max_bytes
+    if params > limit:
+        raise UsageError(f"multipliers d={m.d:g} w={m.w:g} would need about "
+                         f"{format_bytes(params)} of weights (limit "
+                         f"{format_bytes(options.max_bytes)}; raise it with --max-size)")
+    if acts > limit:
+        raise UsageError(f"multipliers d={m.d:g} w={m.w:g} r={m.r:g} would need about "
+                         f"{format_bytes(acts)} of activations at batch 1 (limit "
+                         f"{format_bytes(options.max_bytes)}; raise it with --max-size)")
+
+
+def _refuse_plan(plan: Plan) -> None:
+    limit = plan.options.max_bytes
+    if plan.weight_bytes > limit:
+        raise TooLarge(f"the scaled model would need {format_bytes(plan.weight_bytes)} of "
+                       f"weights (limit {format_bytes(limit)}; raise it with --max-size)")
+    if plan.activation_bytes > limit:
+        raise TooLarge(f"the scaled model would need {format_bytes(plan.activation_bytes)} "
+                       f"of activations at batch 1 (limit {format_bytes(limit)}; raise it "
+                       f"with --max-size)")
+
+
+class TooLarge(UsageError):
+    """A plan beyond the size limit (the solver treats it as 'too big', not as a failure)."""
+
+
+def _weight_bytes(graph: Graph) -> int:
+    """Bytes of every weight of a (possibly hollow) model, from dims and dtypes alone."""
+    total = 0
+    for tensor in graph.consts.values():
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 4
+        total += int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
+    return total
 
 
 def stamp(outcome: ScaleOutcome, source: str, multipliers: Multipliers,
@@ -146,6 +233,10 @@ def check(model: onnx.ModelProto | bytes | str, full: bool = False) -> None:
     Give the serialized bytes when you have them (a big model serializes in seconds), or the
     path of a model saved with external data.
     """
+    if isinstance(model, (str, Path)) and os.path.getsize(model) < CHECK_IN_MEMORY_BYTES \
+            and not os.path.exists(f"{model}.data"):
+        # onnx checks a file by path 2-3x slower than the same bytes read by us
+        model = Path(model).read_bytes()
     try:
         onnx.checker.check_model(model, full_check=full)
     except Exception as exc:

@@ -16,27 +16,17 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..hollow import Hollow, copy_fields, fill_hollow
+
 
 def copy_model(proto: onnx.ModelProto, skip: Iterable[str] = ()) -> onnx.ModelProto:
     """A deep copy of ``proto`` without the initializers named in ``skip``."""
     skip = set(skip)
     model = onnx.ModelProto()
-    _copy_fields(proto, model, exclude={"graph"})
-    _copy_fields(proto.graph, model.graph, exclude={"initializer"})
+    copy_fields(proto, model, exclude={"graph"})
+    copy_fields(proto.graph, model.graph, exclude={"initializer"})
     model.graph.initializer.extend(t for t in proto.graph.initializer if t.name not in skip)
     return model
-
-
-def _copy_fields(source, target, exclude: set[str]) -> None:
-    for fd, value in source.ListFields():
-        if fd.name in exclude:
-            continue
-        if fd.is_repeated:
-            getattr(target, fd.name).extend(value)
-        elif fd.message_type is not None:
-            getattr(target, fd.name).CopyFrom(value)
-        else:
-            setattr(target, fd.name, value)
 
 
 class Names:
@@ -74,8 +64,9 @@ class Tensors:
         node = self._const.get(name)
         if node is not None:
             del node.attribute[:]
-            node.attribute.append(helper.make_attribute("value",
-                                                        numpy_helper.from_array(array, name)))
+            tensor = onnx.TensorProto()
+            fill_tensor(tensor, name, array)
+            node.attribute.append(helper.make_attribute("value", tensor))
             return
         if name not in self._init:
             self._init[name] = self.model.graph.initializer.add()
@@ -90,7 +81,11 @@ class Tensors:
 
 def fill_tensor(tensor: onnx.TensorProto, name: str, array: np.ndarray) -> None:
     """Write ``array`` into ``tensor`` as raw data, copying the bytes once (weights of a
-    widened ResNet-50 are 400 MB: every extra copy shows in time and peak memory)."""
+    widened ResNet-50 are 400 MB: every extra copy shows in time and peak memory).  A planning
+    stand-in (`Hollow`) makes a hollow tensor: dims and dtype, no data."""
+    if isinstance(array, Hollow):
+        fill_hollow(tensor, name, array)
+        return
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))

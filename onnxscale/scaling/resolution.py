@@ -33,7 +33,7 @@ from ..errors import OnnxscaleError
 from ..graph import Graph, declared_dims
 from ..shapes import propagate_node
 from .blocks import weight_of
-from .pipeline import Edit, ScaleOptions
+from .plan import Edit, ScaleOptions
 from .protoedit import Tensors, copy_model, prune_dead, set_attribute
 from .strategy import round_resolution
 
@@ -43,11 +43,13 @@ BATCH_PARAM = "batch"
 
 
 def scale_resolution(proto: onnx.ModelProto, graph: Graph, r: float,
-                     options: ScaleOptions) -> Edit:
+                     options: ScaleOptions, in_place: bool = False) -> Edit:
     """Input spatial size times ``r`` (multiple of ``options.resolution_divisor``) and/or a new
-    batch (``options.batch``: an int or "dynamic"); never mutates ``proto``."""
+    batch (``options.batch``: an int or "dynamic"); never mutates ``proto`` unless
+    ``in_place`` (the pipeline's own intermediate model: copying a widened model's weights
+    only to drop the original costs a second of a big scale)."""
     inputs = _new_inputs(graph, r, options)
-    model = copy_model(proto)
+    model = proto if in_place else copy_model(proto)
     rewriter = _Rewriter(model, graph, inputs, options)
     rewriter.run()
     notes = list(rewriter.notes)

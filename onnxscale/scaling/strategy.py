@@ -120,6 +120,36 @@ def efficientnet_round_repeats(depth: int, multiplier: float) -> int:
     return int(math.ceil(multiplier * depth))
 
 
+#: how a scaled width or depth is rounded: pycls's scaler, or EfficientNet's presets
+ROUNDINGS = ("pycls", "efficientnet")
+
+
+def stage_depth(d: float, depth: int, rounding: str = "pycls") -> int:
+    """Blocks of a stage of ``depth`` blocks scaled by ``d``, by the given rounding rule."""
+    if rounding == "efficientnet":
+        return max(1, efficientnet_round_repeats(depth, d))
+    return round_depth(d, depth)
+
+
+def scaled_width(w: float, width: int, divisor: int = 8, rounding: str = "pycls") -> int:
+    """Channels of a group of ``width`` scaled by ``w``, by the given rounding rule."""
+    if rounding == "efficientnet":
+        return efficientnet_round_filters(width, w, divisor)
+    return round_width(w, width, divisor)
+
+
+def preset_multipliers(name: str, base_resolution: int = 224) -> dict[str, float]:
+    """EfficientNet preset ``efficientnet-b3`` (or ``b3``) -> multipliers relative to B0.
+
+    Resolution is relative to B0's 224, so a 224 base gets the preset's exact size."""
+    key = name.lower().removeprefix("efficientnet-").removeprefix("efficientnet_")
+    if key not in EFFICIENTNET_PRESETS:
+        known = ", ".join(f"efficientnet-{k}" for k in EFFICIENTNET_PRESETS if k != "b0")
+        raise ValueError(f"unknown preset '{name}': use one of {known}")
+    w, d, res = EFFICIENTNET_PRESETS[key]
+    return {"d": d, "w": w, "g": 1.0, "r": res / base_resolution}
+
+
 # --------------------------------------------------------------------------------------------
 # Strategies: which share of a flops increase goes to depth, width, group width, resolution
 # --------------------------------------------------------------------------------------------

@@ -30,8 +30,8 @@ from ..graph import Graph
 from .channels import Pieces
 from .groups import ChannelGroups, Group, find_groups
 from .init import policy
-from .pipeline import Edit, ScaleOptions
-from .strategy import round_group_width, round_width
+from .plan import Edit, ScaleOptions
+from .strategy import round_group_width, round_width, scaled_width
 from .widthrewrite import Rewrite
 
 
@@ -39,7 +39,7 @@ def scale_width(proto: onnx.ModelProto, graph: Graph, w: float, g: float,
                 options: ScaleOptions) -> Edit:
     """Widen ``proto`` by ``w`` (group widths of grouped convs by ``g``); see the module doc."""
     found = find_groups(graph)
-    plan = plan_widths(found, w, g, options.divisor)
+    plan = plan_widths(found, w, g, options.divisor, options.rounding)
     groups = found.groups()
     if all(not plan.scalable(group.root) for group in groups):
         first = next((r for group in groups for r in plan.reasons[group.root]), "no channels")
@@ -54,7 +54,8 @@ def scale_width(proto: onnx.ModelProto, graph: Graph, w: float, g: float,
     details = [_group_json(group, plan, inexact, options.init) for group in groups]
     notes = _notes(plan, groups, inexact, options.init)
     exact = options.init == "preserve" and not any(inexact.values())
-    return Edit("width", model, exact, {"groups": details}, notes)
+    # the rewrite indexed the widened model already (Graph ignores value_info): reuse it
+    return Edit("width", model, exact, {"groups": details}, notes, graph=rewrite.graph)
 
 
 # ---- planning -------------------------------------------------------------------------------
@@ -142,12 +143,16 @@ class WidthPlan:
         return {root: out.get(root, []) for root in self.old}
 
 
-def plan_widths(found: ChannelGroups, w: float, g: float, divisor: int) -> WidthPlan:
+def plan_widths(found: ChannelGroups, w: float, g: float, divisor: int,
+                rounding: str = "pycls") -> WidthPlan:
     """New width of every group; see the module docstring for the rules.
 
     A channel shuffle needs its total width to stay a multiple of its group count; when a fixed
-    piece breaks that, the shuffled groups keep their width too (and the widths are redone)."""
-    rules = _Constraints(found, w, g, divisor)
+    piece breaks that, the shuffled groups keep their width too (and the widths are redone).
+    ``rounding="efficientnet"`` (the presets) rounds as EfficientNet does, and an
+    inverted-residual expansion (a layer widening its input k times into a depthwise conv)
+    follows its block's new input width times k, as EfficientNet builds it."""
+    rules = _Constraints(found, w, g, divisor, rounding)
     while True:
         plan = rules.assign()
         uneven = [(pieces, k) for pieces, k in found.multiples if plan.size(pieces) % k]
@@ -164,9 +169,10 @@ class _Constraints:
     """What the widths must satisfy: fixed groups, group widths of grouped convs (which tie
     groups into components that scale together) and SE bottlenecks."""
 
-    def __init__(self, found: ChannelGroups, w: float, g: float, divisor: int):
+    def __init__(self, found: ChannelGroups, w: float, g: float, divisor: int,
+                 rounding: str = "pycls"):
         atoms = found.atoms
-        self.found, self.w, self.divisor = found, w, divisor
+        self.found, self.w, self.divisor, self.rounding = found, w, divisor, rounding
         self.old = {r: atoms.width[atoms.members(r)[0]] for r in atoms.roots()}
         self.reasons = {r: list(atoms.pinned(r)) for r in self.old}
         self.need: dict[int, int] = defaultdict(lambda: 1)
@@ -179,6 +185,7 @@ class _Constraints:
         for bottleneck, gated in found.se:
             for root in found.roots_of(bottleneck):
                 self.se.setdefault(root, found.roots_of(gated)[0])
+        self.expansions = _expansions(found, self.old) if rounding == "efficientnet" else {}
 
     def _tie(self, tie, g: float) -> tuple[str, list[int], int]:
         """Link the groups of a grouped conv; return (node, input groups, new group width)."""
@@ -208,12 +215,16 @@ class _Constraints:
                     if not self.reasons[root]:
                         self.reasons[root].append("tied by a grouped conv to a fixed group")
             elif not (len(members) == 1 and members[0] in self.se):
-                solved = _solve(members, self.old, self.need, self.w, self.divisor)
+                solved = _solve(members, self.old, self.need, self.w, self.divisor,
+                                self.rounding)
                 if solved is None:
                     for root in members:
                         self.reasons[root].append("no width fits its grouped convs")
                     return self.assign()
                 new.update(solved)
+        for root, (source, ratio) in self.expansions.items():
+            if not self.reasons[root] and not self.reasons[source]:
+                new[root] = new[source] * ratio
         for root, ref in self.se.items():
             if self.reasons[ref] and not self.reasons[root]:
                 self.reasons[root].append("squeeze-excite bottleneck of a fixed group")
@@ -229,12 +240,34 @@ def _find(parent: dict[int, int], root: int) -> int:
     return root
 
 
+def _expansions(found: ChannelGroups, old: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Inverted-residual expansions: group -> (the group it expands, integer ratio >= 2), for
+    dense layers on a feature map (not a Squeeze-Excite's 1x1 gate) whose output is read by
+    a depthwise conv (MBConv's 1x1 expansion)."""
+    depthwise_inputs = {root for use in found.layers if use.kind == "depthwise"
+                        for root in found.roots_of(found.layouts[use.x].pieces)}
+    shapes = found.graph.shapes
+    out = {}
+    for use in found.layers:
+        if use.kind != "dense" or use.x not in found.layouts or use.y not in found.layouts:
+            continue
+        x_shape = shapes.get(use.x)
+        if not x_shape or len(x_shape) != 4 or x_shape[2] * x_shape[3] == 1:
+            continue
+        xs = found.roots_of(found.layouts[use.x].pieces)
+        ys = found.roots_of(found.layouts[use.y].pieces)
+        if len(xs) == 1 and len(ys) == 1 and ys[0] in depthwise_inputs and \
+                old[ys[0]] % old[xs[0]] == 0 and old[ys[0]] // old[xs[0]] >= 2:
+            out[ys[0]] = (xs[0], old[ys[0]] // old[xs[0]])
+    return out
+
+
 def _solve(members: list[int], old: dict[int, int], need: dict[int, int], w: float,
-           divisor: int) -> dict[int, int] | None:
+           divisor: int, rounding: str = "pycls") -> dict[int, int] | None:
     """Widths for groups tied by grouped convs: all scale by one factor, each a multiple of
     what its convs need (the group width), the largest close to ``round_width(w * width)``."""
     leader = max(members, key=lambda r: old[r])
-    target = round_width(w, old[leader], divisor)
+    target = scaled_width(w, old[leader], divisor, rounding)
     if all(old[r] == old[leader] for r in members):
         multiple = math.lcm(*(need[r] for r in members))
         width = target if target % multiple == 0 else \

@@ -49,8 +49,8 @@ class Rewrite:
         for use in self.found.shape_uses:
             self._shape(use)
         prune_dead(self.model)
-        shapes = Graph(self.model, {k: list(v) for k, v in self.g.inputs.items()}).shapes
-        update_value_info(self.model, self.g.shapes, shapes)
+        self.graph = Graph(self.model, {k: list(v) for k, v in self.g.inputs.items()})
+        update_value_info(self.model, self.g.shapes, self.graph.shapes)
         return self.model
 
     # ---- weights ------------------------------------------------------------------------------
