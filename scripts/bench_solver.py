@@ -102,14 +102,19 @@ def main() -> None:
                                      text=True, check=True)
                 writes.append(float(out.stdout))
             if base:
-                theirs.append(base.timed(["-m", "onnxscale", *command], cwd=folder))
+                try:
+                    theirs.append(base.timed(["-m", "onnxscale", *command], cwd=folder))
+                except SystemExit:  # an older onnxscale may lack the feature (grids)
+                    pass
         seconds, write = statistics.median(ours), statistics.median(writes) if writes else 0.0
         verdict = "ok" if seconds - write <= target else "MISSED"
         line = (f"{label:31} {seconds:9.2f} {write:8.2f} {seconds - write:9.2f} "
                 f"{target:6.0f}s {verdict}")
-        if base:
+        if base and theirs:
             old = statistics.median(theirs)
             line += f" {old:12.2f} {old / seconds:7.1f}x"
+        elif base:
+            line += f" {'n/a':>12}"
         print(line, flush=True)
     print(f"(medians of {args.runs} whole-process runs; bytecode cached)")
 
