@@ -163,6 +163,7 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
             onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=tmp_data.name, size_threshold=1024)
             _rename_external_location(tmp, tmp_data.name, data_name)
+            os.chmod(tmp_data, 0o666 & ~_umask())  # an ordinary file, like the model's
             os.replace(tmp_data, folder / data_name)
         else:
             with open(tmp, "wb") as handle:
