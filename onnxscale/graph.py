@@ -22,7 +22,7 @@ import onnx
 from onnx import numpy_helper
 
 from .errors import OnnxscaleError, UsageError
-from .hollow import FLOAT_TYPES, as_hollow, is_hollow
+from .hollow import FLOAT_TYPES, as_hollow, is_hollow  # noqa: F401 (FLOAT_TYPES: re-exported)
 from .hollow import SMALL as MAX_FOLD_ELEMENTS
 from .model import default_opset
 

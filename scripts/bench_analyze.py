@@ -16,12 +16,9 @@ exporter by *this* interpreter (which needs the test extras: torch, torchvision)
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 

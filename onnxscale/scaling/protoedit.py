@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..hollow import Hollow, copy_fields, fill_hollow
 
