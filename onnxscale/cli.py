@@ -537,6 +537,104 @@ def _scale_grid(model, shapes, jobs, options, output, verify, as_json) -> None:
     print_scale_grid(results)
 
 
+# ---- sweep ------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL ...]")
+@click.option("--strategy", "-s", default="d,w,r,dw,dwr,dWr", show_default=True,
+              help="Strategies, comma-separated (pycls syntax, as for scale).")
+@click.option("--alpha", help="Fast compound scaling alphas, comma-separated (added to the "
+                               "strategies).")
+@click.option("--flops", "flops_spec", default="1x,2x,4x,8x,16x", show_default=True,
+              help="Flops factors; 1x is the base model, measured once for every strategy.")
+@click.option("--tolerance", default="1.5%", show_default=True,
+              help="Largest accepted miss of a flops target; other cells are stored as failed.")
+@click.option("--provider", "-p", "provider_spec", default="cpu", show_default=True,
+              help="Execution providers, comma-separated (as for bench).")
+@click.option("--batch", "-b", "batch_spec", default="1", show_default=True, metavar="1,64",
+              help="Batch sizes.")
+@click.option("--threads", default=None, metavar="N", help="Intra-op threads (as for bench).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--warmup", default="auto", show_default=True, metavar="auto|N")
+@click.option("--runs", default=None, metavar="N", help="Timed runs per cell.")
+@click.option("--seconds", default=None, metavar="S",
+              help="Time budget per cell instead of --runs (default 3 s).")
+@click.option("--io-binding/--no-io-binding", default=None)
+@click.option("--cuda-graph", is_flag=True)
+@click.option("--provider-option", "provider_options", multiple=True,
+              metavar="[PROVIDER:]KEY=VALUE")
+@input_shape_option
+@click.option("--cache-dir", default=None, metavar="DIR", help="TensorRT caches.")
+@click.option("--db", "db_path", default=None, metavar="PATH",
+              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@click.option("--keep-models", type=click.Path(file_okay=False), default=None,
+              help="Keep the scaled models in this folder (default: each is deleted once "
+                   "timed).")
+@click.option("--retry-failed", is_flag=True, help="Try again the cells stored as failed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, batch_spec,
+          threads, precision, warmup, runs, seconds, io_binding, cuda_graph, provider_options,
+          input_shapes, cache_dir, db_path, keep_models, retry_failed, as_json) -> None:
+    """Scale each model with every strategy to every flops factor and time every result.
+
+    Cells (model, strategy, factor, provider, batch, options, machine) are stored one by one
+    in the results database with the scaling facts; rerunning the same command skips the
+    finished ones, and a killed sweep loses at most the cell in flight.
+
+    Example: onnxscale sweep zoo:regnety-400mf --strategy d,w,dWr --flops 1x,2x,4x --runs 20
+    """
+    from pathlib import Path
+
+    from .bench import parse_providers
+    from .store import ResultStore, default_db_path
+    from .sweep import Sweep, parse_factors
+
+    debug = bool(ctx.obj and ctx.obj.get("debug"))
+    strategies = _sweep_strategies(strategy, alpha)
+    factors = parse_factors(flops_spec)
+    providers = parse_providers(provider_spec)
+    batches = _parse_batches(batch_spec)
+    settings = _bench_settings(threads, precision, warmup, runs, seconds, io_binding, cuda_graph,
+                               provider_options, input_shapes, cache_dir, providers, debug)
+    tol = _checked(parse_tolerance, tolerance)
+    keep = Path(keep_models) if keep_models else None
+    if keep is not None and keep.exists() and not keep.is_dir():
+        raise OnnxscaleError(f"{keep}: --keep-models needs a folder, and this is a file")
+    path = Path(db_path) if db_path else default_db_path()
+    from . import render
+
+    with ResultStore(path) as store, render.sweep_progress(not as_json) as progress:
+        runner = Sweep(store, providers, batches, settings, tolerance=tol, keep_models=keep,
+                       retry_failed=retry_failed, progress=progress)
+        try:
+            result = runner.run(list(models), strategies, factors)
+        except KeyboardInterrupt:
+            raise OnnxscaleError(f"interrupted: {runner.result.done} cell(s) finished and "
+                                 f"saved to {path}; rerun the same command to go on") from None
+    if as_json:
+        print_json({"db": str(path), **result.to_json()})
+        return
+    render.print_sweep(result, path)
+
+
+def _sweep_strategies(strategy: str | None, alpha: str | None) -> list:
+    from .scaling.strategy import alpha_weights, parse_strategy
+    from .sweep import Strategy
+
+    out = [Strategy(name, _checked(parse_strategy, name))
+           for name in (_split(strategy, "--strategy") if strategy else [])]
+    for text in _split(alpha, "--alpha") if alpha else []:
+        value = _checked(float, text)
+        out.append(Strategy(f"alpha={text}", _checked(alpha_weights, value), value))
+    if not out:
+        from .errors import UsageError
+
+        raise UsageError("give at least one --strategy or --alpha")
+    return out
+
+
 # ---- zoo --------------------------------------------------------------------------------------
 
 @main.group()

@@ -123,6 +123,72 @@ def print_scale_grid(results: list[dict], console: Console | None = None) -> Non
     console.print(table)
 
 
+class sweep_progress:
+    """A rich progress bar on stderr for ``sweep`` (cell in progress, ETA); None when off.
+
+    Used as a context manager that yields the progress callback of `sweep.Sweep`."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.start()
+        task = self.bar.add_task("sweep", total=None)
+
+        def update(done: int, total: int, what: str) -> None:
+            self.bar.update(task, completed=done, total=total, description=what)
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_sweep(result, db_path, console: Console | None = None) -> None:
+    """One row per (model, strategy, factor): complexity ratios and p50 per provider/batch."""
+    from .bench.providers import short_name
+
+    console = console or Console()
+    table = Table(title=f"sweep: {result.done} cell(s) measured, {result.skipped} already "
+                        f"done, {result.failed} failed", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    columns: list[str] = []
+    rows: dict[tuple, dict] = {}
+    for cell in result.cells:
+        key = (cell["base"], cell["strategy"], cell["factor"])
+        entry = rows.setdefault(key, {"cell": cell, "p50": {}})
+        column = f"{short_name(cell['provider'])} b{cell['batch']}"
+        if column not in columns:
+            columns.append(column)
+        entry["p50"][column] = (f"{cell['p50_ms']:.2f}" if cell.get("p50_ms") else
+                                cell["status"])
+    for name in ("model", "strategy", "factor", "flops", "acts"):
+        table.add_column(name, justify="left" if name in ("model", "strategy") else "right")
+    for column in columns:
+        table.add_column(f"{column} ms", justify="right")
+    for (base, strategy, factor), entry in rows.items():
+        cell = entry["cell"]
+        figures = cell.get("base_figures") or {}
+        ratio = (lambda k: f"{cell[k] / figures[k]:.2f}" if cell.get(k) and figures.get(k)
+                 else "-")
+        table.add_row(base, strategy, f"{factor:g}x", ratio("flops"), ratio("acts"),
+                      *(entry["p50"].get(c, "") for c in columns))
+    console.print(table)
+    failed = [c for c in result.cells if c["status"] == "failed"]
+    for reason in dict.fromkeys(c["reason"] for c in failed):
+        console.print(f"[dim]failed: {reason}[/]")
+    console.print(f"saved to {db_path}")
+
+
 def print_zoo(entries: list[dict], console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title="Built-in models (use as zoo:NAME)", title_justify="left")

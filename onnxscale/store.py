@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import OnnxscaleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sweep_cells (a version-1 database is upgraded in place)
 BUSY_TIMEOUT_S = 60.0
 
 # Columns copied out of the row dict for querying; the full row is kept as JSON in `data`.
@@ -52,7 +52,28 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_model ON results (model);
 CREATE INDEX IF NOT EXISTS results_fingerprint ON results (fingerprint);
+CREATE TABLE IF NOT EXISTS sweep_cells (
+    base_hash TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    factor REAL NOT NULL,
+    provider TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    options TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    base TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT,
+    flops INTEGER,
+    params INTEGER,
+    acts INTEGER,
+    p50_ms REAL,
+    measured_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (base_hash, strategy, factor, provider, batch, options, fingerprint)
+);
 """
+# a cell's key, in the column order of the primary key
+CELL_KEY = ("base_hash", "strategy", "factor", "provider", "batch", "options", "fingerprint")
 
 
 def default_db_path() -> Path:
@@ -107,6 +128,12 @@ class ResultStore:
                                  f"this one reads {SCHEMA_VERSION})")
         if version == SCHEMA_VERSION:
             return
+        tables = {r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version == 0 and tables:
+            raise OnnxscaleError(f"{self.path}: an SQLite database that onnxscale did not "
+                                 f"create (tables: {', '.join(sorted(tables)[:5])}); give "
+                                 f"another --db")
         with self._write():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
@@ -159,6 +186,43 @@ class ResultStore:
                 f"INSERT INTO results ({columns}) VALUES ({', '.join('?' * len(values))}) "
                 f"ON CONFLICT (model_hash, provider, options, batch, fingerprint) DO UPDATE SET "
                 f"{updates}", values)
+
+    def save_cell(self, cell: dict) -> None:
+        """Insert or replace one sweep cell (committed before returning: a sweep killed at any
+        moment keeps every finished cell, and a rerun never duplicates one)."""
+        values = [cell[k] for k in CELL_KEY] + [cell["base"], cell["status"], cell.get("reason"),
+                                                cell.get("flops"), cell.get("params"),
+                                                cell.get("acts"), cell.get("p50_ms"),
+                                                cell.get("measured_at") or time.time(),
+                                                json.dumps(cell, default=str)]
+        columns = CELL_KEY + ("base", "status", "reason", "flops", "params", "acts", "p50_ms",
+                              "measured_at", "data")
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[len(CELL_KEY):])
+        with self._write():
+            self._conn.execute(
+                f"INSERT INTO sweep_cells ({', '.join(columns)}) VALUES "
+                f"({', '.join('?' * len(values))}) ON CONFLICT ({', '.join(CELL_KEY)}) "
+                f"DO UPDATE SET {updates}", values)
+
+    def cell_status(self, key: dict) -> str | None:
+        """The stored status of a sweep cell ('ok', 'unavailable', 'failed'), or None."""
+        found = self._conn.execute(
+            f"SELECT status FROM sweep_cells WHERE {' AND '.join(f'{k} = ?' for k in CELL_KEY)}",
+            [key[k] for k in CELL_KEY]).fetchone()
+        return found["status"] if found else None
+
+    def cells(self, *, base: str | None = None, fingerprint: str | None = None) -> list[dict]:
+        """Stored sweep cells, oldest first (``base``: substring of the base model's name or
+        prefix of its hash; ``fingerprint``: prefix of the machine id)."""
+        sql, args = "SELECT data FROM sweep_cells WHERE 1 = 1", []
+        if base:
+            sql += " AND (instr(base, ?) > 0 OR base_hash LIKE ?)"
+            args += [base, base + "%"]
+        if fingerprint:
+            sql += " AND fingerprint LIKE ?"
+            args.append(fingerprint + "%")
+        sql += " ORDER BY measured_at, rowid"
+        return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
 
     # -- reading -------------------------------------------------------------------------------
 

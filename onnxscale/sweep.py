@@ -1,0 +1,235 @@
+"""Sweeps: one base model scaled by many strategies to many flops factors, every result timed
+on every provider and batch -- the measurements behind *Fast and Accurate Model Scaling*.
+
+A *cell* is (base model content, strategy, flops factor, provider, batch, bench options,
+machine).  Factor 1 is the base model itself, stored once under the strategy ``base`` and
+shared by every strategy's curve.  For each (strategy, factor) with cells still to do, the
+scaled model is planned on one `Planner` (the base is loaded and analyzed once), written once
+with random weights (runtime does not depend on their values), timed on every pending
+provider and batch, then deleted unless ``keep_models``: disk holds one scaled model at a time.
+
+Every finished cell is one committed row in the results database (`store.ResultStore`,
+table ``sweep_cells``), next to the scaling facts: strategy, alpha, factor, target and
+achieved flops, params, acts, multipliers, input size.  A rerun skips finished cells; a sweep
+killed with SIGKILL loses at most the cell in flight.  A cell that cannot be made (a target
+the strategy cannot reach, a model the rewrite refuses) is stored as ``failed`` with its
+reason and is not retried unless ``retry_failed``; the other cells go on.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .bench import model_hash, run_bench
+from .bench.providers import short_name
+from .bench.runner import BenchSettings, effective_cuda_graph, effective_io_binding
+from .errors import OnnxscaleError, UsageError
+from .model import LoadedModel, load_model
+from .store import ResultStore, options_key
+
+BASE = "base"        # the strategy name of factor 1: the base model itself
+FINISHED = ("ok", "unavailable")
+
+
+@dataclass
+class Strategy:
+    name: str                 # as the user wrote it: dWr, dwr, alpha=0.5
+    weights: dict[str, float]
+    alpha: float | None = None
+
+
+@dataclass
+class SweepResult:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    cells: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "cells": self.cells}
+
+
+ProgressFn = Callable[[int, int, str], None]
+"""progress(cells handled, cells in the sweep, what is in progress)"""
+
+
+def parse_factors(text: str) -> list[float]:
+    """``1x,2x,4x`` (or ``1,2,4``) -> [1.0, 2.0, 4.0]: finite, positive, distinct."""
+    factors = []
+    for item in text.split(","):
+        spec = item.strip().lower().removesuffix("x")
+        try:
+            value = float(spec)
+        except ValueError:
+            raise UsageError(f"--flops '{text}': expected factors like 1x,2x,4x") from None
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"--flops '{text}': every factor must be a finite number above 0")
+        if value in factors:
+            raise UsageError(f"--flops '{text}': factor {item.strip()} is repeated")
+        factors.append(value)
+    return factors
+
+
+def cell_options(provider: str, settings: BenchSettings) -> str:
+    """The bench options that make a cell (canonical JSON): what changes a timing."""
+    return options_key({
+        "threads": settings.threads, "precision": settings.precision,
+        "io_binding": effective_io_binding(provider, settings),
+        "cuda_graph": effective_cuda_graph(provider, settings),
+        "provider_options": dict(sorted(settings.provider_options.get(provider, {}).items())),
+        "session_config": dict(sorted(settings.session_config.items())),
+        "input_shapes": settings.input_shapes})
+
+
+class Sweep:
+    """Runs the cells of one or more base models against one store (the only writer)."""
+
+    def __init__(self, store: ResultStore, providers: list[str], batches: list[int],
+                 settings: BenchSettings, *, tolerance: float, keep_models: Path | None = None,
+                 retry_failed: bool = False, progress: ProgressFn | None = None):
+        from .bench import fingerprint as fingerprint_mod
+
+        self.store, self.providers, self.batches, self.settings = store, providers, batches, \
+            settings
+        self.tolerance, self.keep, self.retry = tolerance, keep_models, retry_failed
+        self.progress = progress
+        self.fingerprint = fingerprint_mod.collect()
+        store.save_fingerprint(self.fingerprint)
+        self.result = SweepResult()
+        self.total = 0
+        self.handled = 0
+
+    def run(self, models: list[str], strategies: list[Strategy],
+            factors: list[float]) -> SweepResult:
+        jobs = [(s, f) for s in strategies for f in factors if f != 1]
+        if 1 in factors:
+            jobs.insert(0, (Strategy(BASE, {}), 1.0))
+        per_job = len(self.providers) * len(self.batches)
+        self.total = len(models) * len(jobs) * per_job
+        for spec in models:
+            loaded = load_model(spec, seed=self.settings.seed)
+            self._run_model(loaded, jobs)
+        return self.result
+
+    # ---- one base model ---------------------------------------------------------------------
+    def _run_model(self, loaded: LoadedModel, jobs: list[tuple[Strategy, float]]) -> None:
+        from .scaling.pipeline import Planner
+
+        base_hash = model_hash(loaded)
+        planner = None
+        for strategy, factor in jobs:
+            pending = self._pending(base_hash, strategy, factor)
+            self.result.skipped += len(self.providers) * len(self.batches) - len(pending)
+            self.handled += len(self.providers) * len(self.batches) - len(pending)
+            if not pending:
+                continue
+            label = f"{loaded.source} {strategy.name} x{factor:g}"
+            self._report(f"{label}: scaling")
+            facts = {"base": loaded.source, "base_hash": base_hash, "strategy": strategy.name,
+                     "alpha": strategy.alpha, "factor": factor, "weights": strategy.weights}
+            if factor == 1:
+                made = facts | _figures(base_report(loaded, self.settings.input_shapes))
+                path = None
+            else:
+                planner = planner or Planner(loaded.proto, self.settings.input_shapes)
+                try:
+                    made, path = self._make(loaded, planner, strategy, factor, facts)
+                except OnnxscaleError as exc:
+                    self._failed(pending, facts, str(exc))
+                    continue
+            try:
+                self._measure(label, loaded, path, pending, made)
+            finally:
+                if path is not None and self.keep is None:
+                    shutil.rmtree(path.parent, ignore_errors=True)
+
+    def _pending(self, base_hash: str, strategy: Strategy, factor: float) -> list[dict]:
+        """The cells of one (strategy, factor) still to do, as store keys."""
+        pending = []
+        for provider in self.providers:
+            for batch in self.batches:
+                key = {"base_hash": base_hash, "strategy": strategy.name, "factor": factor,
+                       "provider": provider, "batch": batch,
+                       "options": cell_options(provider, self.settings),
+                       "fingerprint": self.fingerprint["id"]}
+                status = self.store.cell_status(key)
+                if status in FINISHED or (status == "failed" and not self.retry):
+                    continue
+                pending.append(key)
+        return pending
+
+    def _make(self, loaded: LoadedModel, planner, strategy: Strategy, factor: float,
+              facts: dict) -> tuple[dict, Path]:
+        """Plan and write the scaled model (random weights); its facts and its file."""
+        from .scaling.job import Job, plan_job, write_job
+        from .scaling.plan import ScaleOptions
+
+        job = Job(strategy=strategy.name, weights=strategy.weights, flops=f"{factor:g}x",
+                  target=("ratio", factor), tolerance=self.tolerance)
+        planned = plan_job(planner, job, ScaleOptions(init="random", seed=self.settings.seed))
+        folder = self.keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = Path(loaded.source.removeprefix("zoo:")).name.removesuffix(".onnx")
+        path = folder / f"{stem}.{strategy.name.replace('=', '')}.{factor:g}x.onnx"
+        summary = write_job(loaded, self.settings.input_shapes, planned, path, verify=False)
+        made = facts | {
+            "target_flops": summary["strategy"]["target_flops"],
+            "flops": summary["scaled"]["flops"], "params": summary["scaled"]["params"],
+            "acts": summary["scaled"]["acts"], "inputs": summary["scaled"]["inputs"],
+            "multipliers": summary["multipliers"], "error": summary["strategy"]["error"],
+            "base_figures": summary["base"], "exact": summary["exact"]}
+        return made, path
+
+    def _measure(self, label: str, loaded: LoadedModel, path: Path | None,
+                 pending: list[dict], facts: dict) -> None:
+        """Time the model on every pending (provider, batch); store one row per cell."""
+        model = loaded if path is None else load_model(str(path))
+        for key in pending:
+            self._report(f"{label}: {short_name(key['provider'])} batch {key['batch']}")
+            report = run_bench([model], [key["provider"]], [key["batch"]], self.settings,
+                               store=self.store)
+            row = report.rows[0]
+            status = "ok" if row.get("available") else "unavailable"
+            cell = key | facts | {"status": status, "reason": row.get("reason"),
+                                  "p50_ms": row.get("p50_ms"), "bench": row,
+                                  "measured_at": time.time()}
+            self.store.save_cell(cell)
+            self.result.done += 1
+            self.result.cells.append(cell)
+            self.handled += 1
+
+    def _failed(self, pending: list[dict], facts: dict, reason: str) -> None:
+        for key in pending:
+            cell = key | facts | {"status": "failed", "reason": reason,
+                                  "measured_at": time.time()}
+            self.store.save_cell(cell)
+            self.result.failed += 1
+            self.result.cells.append(cell)
+            self.handled += 1
+
+    def _report(self, what: str) -> None:
+        if self.progress is not None:
+            self.progress(self.handled, self.total, what)
+
+
+def base_report(loaded: LoadedModel, input_shapes: dict[str, list[int]]):
+    """The base model's analysis (factor 1 cells carry the base figures too)."""
+    from .complexity import analyze
+    from .graph import Graph
+
+    return analyze(Graph(loaded.proto, input_shapes))
+
+
+def _figures(report) -> dict:
+    figures = {"flops": report.flops, "params": report.params, "acts": report.acts,
+               "inputs": report.inputs}
+    return figures | {"target_flops": report.flops, "multipliers": {"d": 1, "w": 1, "g": 1,
+                                                                     "r": 1},
+                      "error": 0.0, "base_figures": figures, "exact": True}
