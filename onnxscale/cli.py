@@ -619,6 +619,59 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
     render.print_sweep(result, path)
 
 
+@main.command()
+@click.option("--db", "db_path", default=None, metavar="PATH",
+              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Folder for the plots, summary.json, summary.md and index.html.")
+@click.option("--model", "model_filter", default=None, metavar="TEXT",
+              help="Only base models whose name contains TEXT (or whose hash starts with it).")
+@click.option("--provider", "-p", "provider_spec", default=None, metavar="LIST",
+              help="Only these providers (comma-separated).")
+@click.option("--machine", "machine_filter", default=None, metavar="ID",
+              help="Only the machine whose fingerprint id starts with ID.")
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json's findings on stdout.")
+def report(db_path, output, model_filter, provider_spec, machine_filter, as_json) -> None:
+    """Analyze stored sweeps: runtime against flops, params and acts per provider and machine.
+
+    Writes plots (PNG, SVG), summary.json, summary.md and a self-contained index.html.
+
+    Example: onnxscale report -o report/ && open report/index.html
+    """
+    from pathlib import Path
+
+    from .bench import fingerprint as fingerprint_mod
+    from .bench import parse_providers
+    from .report import summarize, write_report
+    from .store import ResultStore, default_db_path
+
+    path = Path(db_path) if db_path else default_db_path()
+    if not path.exists():
+        raise OnnxscaleError(f"{path}: no results database; run `onnxscale sweep` first")
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise OnnxscaleError(f"{folder}: -o needs a folder for the report, and this is a file")
+    with ResultStore(path) as store:
+        cells = store.cells(base=model_filter, fingerprint=machine_filter)
+        machines = {fid: f"{fingerprint_mod.label(fp)} [{fid[:8]}]"
+                    for fid, fp in store.fingerprints().items()}
+    if provider_spec:
+        wanted = set(parse_providers(provider_spec))
+        cells = [c for c in cells if c["provider"] in wanted]
+    if not any(c.get("status") == "ok" for c in cells):
+        raise OnnxscaleError(f"{path}: no timed sweep cells match; run `onnxscale sweep` first")
+    summary = summarize(cells, machines)
+    written = write_report(summary, folder)
+    if as_json:
+        print_json({"output": str(folder), "files": [str(p) for p in written],
+                    "findings": [p["finding"] for p in summary["panels"]],
+                    "exponents": summary["exponents"]})
+        return
+    for panel in summary["panels"]:
+        click.echo(panel["finding"])
+    click.echo(f"report written to {folder}/index.html ({len(written)} files)")
+
+
 def _sweep_strategies(strategy: str | None, alpha: str | None) -> list:
     from .scaling.strategy import alpha_weights, parse_strategy
     from .sweep import Strategy

@@ -13,7 +13,8 @@ table ``sweep_cells``), next to the scaling facts: strategy, alpha, factor, targ
 achieved flops, params, acts, multipliers, input size.  A rerun skips finished cells; a sweep
 killed with SIGKILL loses at most the cell in flight.  A cell that cannot be made (a target
 the strategy cannot reach, a model the rewrite refuses) is stored as ``failed`` with its
-reason and is not retried unless ``retry_failed``; the other cells go on.
+reason and is not retried unless ``retry_failed`` (nor is a cell whose provider could not
+run here: ``unavailable``); the other cells go on.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from .model import LoadedModel, load_model
 from .store import ResultStore, options_key
 
 BASE = "base"        # the strategy name of factor 1: the base model itself
-FINISHED = ("ok", "unavailable")
 
 
 @dataclass
@@ -160,8 +160,8 @@ class Sweep:
                        "options": cell_options(provider, self.settings),
                        "fingerprint": self.fingerprint["id"]}
                 status = self.store.cell_status(key)
-                if status in FINISHED or (status == "failed" and not self.retry):
-                    continue
+                if status == "ok" or (status is not None and not self.retry):
+                    continue  # failed and unavailable cells wait for --retry-failed
                 pending.append(key)
         return pending
 

@@ -1,0 +1,461 @@
+"""The paper's analysis of stored sweeps: which complexity metric predicts runtime on which
+hardware, and which strategy is fastest at a given flops.
+
+Input: the ``sweep_cells`` rows of a results database.  A *panel* is one (base model,
+provider, machine, batch): the cells measured together, one curve per strategy over the
+flops factors (factor 1, the base model, belongs to every curve).  Per panel:
+
+- ``correlation``: Pearson r of log runtime against log flops, log params and log acts;
+- ``fit``: runtime ~ a*flops + b*acts + c with a, b, c >= 0 (the paper's model: compute plus
+  memory traffic plus overhead), its R^2, and its error on each strategy when that strategy
+  is left out of the fit;
+- ``fastest``: at each factor, the fastest strategy and its speedup over the slowest;
+- a plain-language ``finding``.
+
+Per base model and strategy, ``exponents``: the growth of acts and params with flops
+(log-log slopes; the paper: dWr acts ~ s^0.6, dwr s^0.83).  `write_report` renders it all:
+matplotlib plots (PNG and SVG), ``summary.json``, ``summary.md`` and one self-contained
+``index.html``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import itertools
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("flops", "params", "acts")
+STRATEGY_ORDER = ("d", "w", "r", "dw", "dwr", "dWr")
+
+
+# ---- rows and panels ------------------------------------------------------------------------
+
+def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
+    """One flat row per stored cell that has complexity figures (timed or not)."""
+    from .bench.providers import short_name
+
+    rows = []
+    for cell in cells:
+        if not cell.get("flops"):
+            continue
+        rows.append({
+            "model": cell["base"], "strategy": cell["strategy"], "alpha": cell.get("alpha"),
+            "flops_factor": cell["factor"], "provider": short_name(cell["provider"]),
+            "machine": machines.get(cell["fingerprint"], cell["fingerprint"]),
+            "fingerprint": cell["fingerprint"], "batch": cell["batch"],
+            "flops": cell["flops"], "params": cell["params"], "acts": cell["acts"],
+            "p50_ms": cell.get("p50_ms") if cell.get("status") == "ok" else None,
+            "status": cell["status"], "multipliers": cell.get("multipliers"),
+            "inputs": cell.get("inputs")})
+    return rows
+
+
+def panels(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Timed rows grouped by (model, provider, machine, batch)."""
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["p50_ms"]:
+            out[(row["model"], row["provider"], row["machine"], row["batch"])].append(row)
+    return dict(out)
+
+
+def curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per strategy, its rows by factor, the base (factor 1) included in every curve."""
+    base = [r for r in rows if r["strategy"] == "base"]
+    out: dict[str, list[dict]] = {}
+    for strategy in ordered({r["strategy"] for r in rows} - {"base"}):
+        points = [r for r in rows if r["strategy"] == strategy] + base
+        out[strategy] = sorted(points, key=lambda r: r["flops_factor"])
+    return out
+
+
+def ordered(strategies) -> list[str]:
+    known = [s for s in STRATEGY_ORDER if s in strategies]
+    return known + sorted(s for s in strategies if s not in STRATEGY_ORDER)
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+def slope(x: list[float], y: list[float]) -> float | None:
+    """Least-squares slope of log y against log x (None with fewer than 2 distinct x)."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if len(lx) < 2 or np.ptp(lx) == 0:
+        return None
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def pearson(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3:
+        return None
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    if np.std(lx) == 0 or np.std(ly) == 0:
+        return None
+    return float(np.corrcoef(lx, ly)[0, 1])
+
+
+def nonnegative_fit(features: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient >= 0, for a handful of features.
+
+    The optimum of a non-negative least-squares problem is the unconstrained optimum on its
+    set of non-zero coefficients; with 3 features there are 7 such sets, so solving each
+    and keeping the best feasible one is exact (no solver library needed for this size)."""
+    n = features.shape[1]
+    best, best_residual = np.zeros(n), float(np.sum(target ** 2))
+    for size in range(1, n + 1):
+        for subset in itertools.combinations(range(n), size):
+            coef, *_ = np.linalg.lstsq(features[:, subset], target, rcond=None)
+            if np.any(coef < 0):
+                continue
+            residual = float(np.sum((features[:, subset] @ coef - target) ** 2))
+            if residual < best_residual:
+                best = np.zeros(n)
+                best[list(subset)] = coef
+                best_residual = residual
+    return best
+
+
+def runtime_fit(rows: list[dict]) -> dict | None:
+    """runtime_ms ~ a*flops + b*acts + c (a, b, c >= 0): coefficients, R^2, and the mean
+    relative error on each strategy's points when that strategy is left out of the fit."""
+    if len(rows) < 4:
+        return None
+    scale = {"flops": 1e9, "acts": 1e6}  # GFLOPs and M activations keep the system well scaled
+
+    def design(part):
+        return np.array([[r["flops"] / scale["flops"], r["acts"] / scale["acts"], 1.0]
+                         for r in part])
+
+    y = np.array([r["p50_ms"] for r in rows])
+    coef = nonnegative_fit(design(rows), y)
+    predicted = design(rows) @ coef
+    total = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1 - float(np.sum((y - predicted) ** 2)) / total if total > 0 else None
+    held_out = {}
+    for strategy in ordered({r["strategy"] for r in rows} - {"base"}):
+        train = [r for r in rows if r["strategy"] != strategy]
+        test = [r for r in rows if r["strategy"] == strategy]
+        if len(train) < 3 or not test:
+            continue
+        c = nonnegative_fit(design(train), np.array([r["p50_ms"] for r in train]))
+        errors = np.abs(design(test) @ c / np.array([r["p50_ms"] for r in test]) - 1)
+        held_out[strategy] = float(errors.mean())
+    return {"ms_per_gflop": float(coef[0]), "ms_per_mact": float(coef[1]),
+            "overhead_ms": float(coef[2]), "r2": r2, "left_out_error": held_out}
+
+
+def exponents(rows: list[dict]) -> dict[str, dict]:
+    """Per model and strategy: acts and params growth exponents against flops."""
+    out = {}
+    by_model = defaultdict(list)
+    seen = set()
+    for row in rows:  # complexity does not depend on provider: one row per (model, cell)
+        key = (row["model"], row["strategy"], row["flops_factor"])
+        if key not in seen:
+            seen.add(key)
+            by_model[row["model"]].append(row)
+    for model, model_rows in by_model.items():
+        for strategy, points in curves(model_rows).items():
+            flops = [p["flops"] for p in points]
+            out[f"{model} {strategy}"] = {
+                "model": model, "strategy": strategy,
+                "acts": slope(flops, [p["acts"] for p in points]),
+                "params": slope(flops, [p["params"] for p in points]),
+                "points": len(points)}
+    return out
+
+
+def fastest(rows: list[dict]) -> list[dict]:
+    """At each flops factor (not 1), the fastest strategy and its speedup over the slowest."""
+    out = []
+    for factor in sorted({r["flops_factor"] for r in rows} - {1.0}):
+        at = [r for r in rows if r["flops_factor"] == factor]
+        if len(at) < 2:
+            continue
+        best = min(at, key=lambda r: r["p50_ms"])
+        worst = max(at, key=lambda r: r["p50_ms"])
+        out.append({"flops_factor": factor, "fastest": best["strategy"],
+                    "fastest_ms": best["p50_ms"], "slowest": worst["strategy"],
+                    "slowest_ms": worst["p50_ms"],
+                    "speedup": worst["p50_ms"] / best["p50_ms"]})
+    return out
+
+
+def analyze_panels(rows: list[dict]) -> list[dict]:
+    out = []
+    for (model, provider, machine, batch), panel in panels(rows).items():
+        times = [r["p50_ms"] for r in panel]
+        correlation = {m: pearson([r[m] for r in panel], times) for m in METRICS}
+        entry = {"model": model, "provider": provider, "machine": machine, "batch": batch,
+                 "cells": len(panel), "correlation": correlation,
+                 "fit": runtime_fit(panel), "fastest": fastest(panel)}
+        entry["finding"] = finding(entry)
+        out.append(entry)
+    return out
+
+
+def finding(panel: dict) -> str:
+    """One plain-language sentence from the numbers of a panel."""
+    where = f"on {panel['provider']} ({panel['machine']}), {panel['model']} batch {panel['batch']}"
+    r = {m: v for m, v in panel["correlation"].items() if v is not None}
+    if not r:
+        return f"{where}: too few timed cells to correlate"
+    top = max(r, key=r.get)
+    other = "acts" if top != "acts" else "flops"  # the paper's question: flops or acts?
+    text = f"{where}: runtime follows {top} (r = {r[top]:.3f})"
+    if other in r:
+        text += f" more than {other} (r = {r[other]:.3f})"
+    if panel["fastest"]:
+        top = panel["fastest"][-1]
+        text += (f"; at {top['flops_factor']:g}x flops {top['fastest']} is fastest, "
+                 f"{top['speedup']:.2f}x faster than {top['slowest']}")
+    return text
+
+
+def summarize(cells: list[dict], machines: dict[str, str]) -> dict:
+    rows = flat_rows(cells, machines)
+    return {"rows": rows, "exponents": exponents(rows), "panels": analyze_panels(rows),
+            "machines": machines}
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+def write_report(summary: dict, folder: Path) -> list[Path]:
+    """Plots (PNG + SVG), summary.json, summary.md, index.html; returns the files written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    plots = {"runtime": _plot_runtime, "complexity": _plot_complexity,
+             "relative": _plot_relative}
+    images = {}
+    for name, draw in plots.items():
+        figure = draw(summary)
+        if figure is None:
+            continue
+        for suffix in ("png", "svg"):
+            path = folder / f"{name}.{suffix}"
+            figure.savefig(path, dpi=110 if suffix == "png" else None, bbox_inches="tight")
+            written.append(path)
+        images[name] = folder / f"{name}.png"
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+    json_path = folder / "summary.json"
+    json_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    md_path = folder / "summary.md"
+    md_path.write_text(_markdown(summary))
+    html_path = folder / "index.html"
+    html_path.write_text(_html(summary, images))
+    return written + [json_path, md_path, html_path]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _human(value: float, _pos=None) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:g}{unit}"
+    return f"{value:g}"
+
+
+def _log_axes(ax, x: bool = True) -> None:
+    """Log-log axes labelled 400M, 1G, 20 ms (not 4x10^8), minor ticks included."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    axes = (ax.xaxis, ax.yaxis) if x else (ax.yaxis,)
+    if x:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in axes:
+        axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        axis.set_major_formatter(FuncFormatter(_human))
+        axis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
+def _panel_title(entry: dict) -> str:
+    return f"{entry['model']} · {entry['provider']} · batch {entry['batch']}\n{entry['machine']}"
+
+
+def _plot_runtime(summary: dict):
+    """The paper's runtime figure: p50 against flops, params, acts; a line per strategy."""
+    groups = panels(summary["rows"])
+    if not groups:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(groups), 3, figsize=(13, 3.6 * len(groups)), squeeze=False)
+    for row_axes, (key, panel) in zip(axes, groups.items()):
+        entry = next(p for p in summary["panels"]
+                     if (p["model"], p["provider"], p["machine"], p["batch"]) == key)
+        for ax, metric in zip(row_axes, METRICS):
+            for strategy, points in curves(panel).items():
+                ax.plot([p[metric] for p in points], [p["p50_ms"] for p in points], "o-",
+                        label=strategy, markersize=4)
+            r = entry["correlation"][metric]
+            _log_axes(ax)
+            ax.set_xlabel(metric)
+            ax.set_ylabel("p50 runtime (ms)")
+            ax.set_title(f"{_panel_title(entry)}\nr(log runtime, log {metric}) = "
+                         f"{r:.3f}" if r is not None else _panel_title(entry), fontsize=8)
+            ax.grid(True, which="both", alpha=0.3)
+        row_axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_complexity(summary: dict):
+    """The paper's complexity figure: acts and params against flops, fitted exponents."""
+    by_model = defaultdict(list)
+    for row in summary["rows"]:
+        by_model[row["model"]].append(row)
+    if not by_model:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(len(by_model), 2, figsize=(10, 3.8 * len(by_model)),
+                                squeeze=False)
+    for row_axes, (model, rows) in zip(axes, by_model.items()):
+        unique = {(r["strategy"], r["flops_factor"]): r for r in rows}
+        for ax, metric in zip(row_axes, ("acts", "params")):
+            for strategy, points in curves(list(unique.values())).items():
+                e = summary["exponents"].get(f"{model} {strategy}", {}).get(metric)
+                label = f"{strategy} (s^{e:.2f})" if e is not None else strategy
+                ax.plot([p["flops"] for p in points], [p[metric] for p in points], "o-",
+                        label=label, markersize=4)
+            _log_axes(ax)
+            ax.set_xlabel("flops")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{model}: {metric} against flops", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _plot_relative(summary: dict):
+    """Each strategy's runtime relative to the fastest at every flops factor."""
+    groups = panels(summary["rows"])
+    if not groups:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 3.8),
+                                squeeze=False)
+    for ax, (key, panel) in zip(axes[0], groups.items()):
+        entry = next(p for p in summary["panels"]
+                     if (p["model"], p["provider"], p["machine"], p["batch"]) == key)
+        best = {}
+        for row in panel:
+            f = row["flops_factor"]
+            best[f] = min(best.get(f, math.inf), row["p50_ms"])
+        for strategy, points in curves(panel).items():
+            ax.plot([p["flops_factor"] for p in points],
+                    [p["p50_ms"] / best[p["flops_factor"]] for p in points], "o-",
+                    label=strategy, markersize=4)
+        from matplotlib.ticker import FixedLocator, FuncFormatter
+
+        factors = sorted(best)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(factors))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.set_xlabel("flops factor")
+        ax.set_ylabel("runtime / fastest at that factor")
+        ax.set_title(_panel_title(entry), fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table, shared by Markdown and HTML."""
+    tables = []
+    tables.append(("Correlation of log runtime with log complexity (Pearson r)",
+                   ["model", "provider", "machine", "batch", "cells", "flops", "params", "acts"],
+                   [[p["model"], p["provider"], p["machine"], str(p["batch"]), str(p["cells"]),
+                     *(_fmt(p["correlation"][m]) for m in METRICS)]
+                    for p in summary["panels"]]))
+    fit_rows = []
+    for p in summary["panels"]:
+        fit = p["fit"]
+        if fit is None:
+            continue
+        left = ", ".join(f"{s} {e:.1%}" for s, e in fit["left_out_error"].items())
+        fit_rows.append([p["model"], p["provider"], p["machine"], str(p["batch"]),
+                         _fmt(fit["ms_per_gflop"]), _fmt(fit["ms_per_mact"]),
+                         _fmt(fit["overhead_ms"]), _fmt(fit["r2"]), left])
+    tables.append(("Fit: runtime ≈ a·GFLOPs + b·M acts + c (a, b, c ≥ 0)",
+                   ["model", "provider", "machine", "batch", "a ms/GF", "b ms/Mact", "c ms",
+                    "R²", "error with the strategy left out"], fit_rows))
+    tables.append(("Fastest strategy at each flops factor",
+                   ["model", "provider", "machine", "batch", "factor", "fastest", "ms",
+                    "slowest", "ms", "speedup"],
+                   [[p["model"], p["provider"], p["machine"], str(p["batch"]),
+                     f"{f['flops_factor']:g}x", f["fastest"], _fmt(f["fastest_ms"], 2),
+                     f["slowest"], _fmt(f["slowest_ms"], 2), f"{f['speedup']:.2f}x"]
+                    for p in summary["panels"] for f in p["fastest"]]))
+    tables.append(("Growth exponents against flops (paper: dWr acts s^0.6, dwr s^0.83)",
+                   ["model", "strategy", "acts", "params", "points"],
+                   [[e["model"], e["strategy"], _fmt(e["acts"], 2), _fmt(e["params"], 2),
+                     str(e["points"])] for e in summary["exponents"].values()]))
+    return tables
+
+
+def _markdown(summary: dict) -> str:
+    lines = ["# onnxscale report", ""]
+    lines += [f"- {p['finding']}" for p in summary["panels"]] + [""]
+    for title, header, rows in _tables(summary):
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
+                  "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    lines += ["Plots: runtime.png, complexity.png, relative.png (and .svg)", ""]
+    return "\n".join(lines)
+
+
+def _html(summary: dict, images: dict[str, Path]) -> str:
+    """One self-contained page: plots inlined as base64 PNG, no script, no network."""
+    e = html.escape
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>onnxscale report</title>",
+             "<style>body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+             "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
+             "li{margin:0.3em 0}</style></head><body>",
+             "<h1>onnxscale report</h1><h2>Findings</h2><ul>"]
+    parts += [f"<li>{e(p['finding'])}</li>" for p in summary["panels"]]
+    parts.append("</ul>")
+    captions = {"runtime": "Runtime against flops, params and acts (log-log), one line per "
+                           "strategy",
+                "relative": "Runtime relative to the fastest strategy at each flops factor",
+                "complexity": "Activations and parameters against flops, with growth "
+                              "exponents"}
+    for name, caption in captions.items():
+        if name in images:
+            data = base64.b64encode(images[name].read_bytes()).decode()
+            parts.append(f"<h2>{e(caption)}</h2><img alt='{name}' "
+                         f"src='data:image/png;base64,{data}'>")
+    for title, header, rows in _tables(summary):
+        parts.append(f"<h2>{e(title)}</h2><table><tr>"
+                     + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,162 @@
+"""`onnxscale report`: the paper's analysis of stored sweeps (fit, correlation, exponents,
+fastest strategy), plots and a self-contained page."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from onnxscale import zoo
+from onnxscale.report import exponents, nonnegative_fit, runtime_fit
+from onnxscale.scaling.pipeline import Planner
+from onnxscale.scaling.plan import ScaleOptions
+from onnxscale.scaling.solver import Unreachable, solve
+from onnxscale.scaling.strategy import exponents as expected_exponents
+from onnxscale.scaling.strategy import parse_strategy
+from onnxscale.store import ResultStore
+
+from .conftest import run_cli
+
+STRATEGIES = ("d", "w", "r", "dw", "dwr", "dWr")
+
+
+def test_fit_recovers_known_coefficients():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(30):
+        flops, acts = rng.uniform(0.2e9, 8e9), rng.uniform(2e6, 60e6)
+        rows.append({"strategy": "dw"[i % 2], "flops": flops, "acts": acts,
+                     "p50_ms": 3.0 * flops / 1e9 + 0.5 * acts / 1e6 + 1.25})
+    fit = runtime_fit(rows)
+    assert fit["ms_per_gflop"] == pytest.approx(3.0, rel=1e-6)
+    assert fit["ms_per_mact"] == pytest.approx(0.5, rel=1e-6)
+    assert fit["overhead_ms"] == pytest.approx(1.25, rel=1e-6)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert all(error < 1e-6 for error in fit["left_out_error"].values())
+
+
+def test_fit_never_goes_negative():
+    """Runtime that falls with acts has no non-negative explanation through acts: b = 0, and
+    the fit is the best one with a, c >= 0 (checked against a brute-force grid)."""
+    x = np.array([[1, 10, 1], [2, 8, 1], [3, 6, 1], [4, 4, 1], [5, 2, 1]], float)
+    y = 2 * x[:, 0] - 0.3 * x[:, 1] + 4
+    coef = nonnegative_fit(x, y)
+    assert (coef >= 0).all() and coef[1] == 0
+    best = min(float(np.sum((x[:, [0, 2]] @ np.array([a, c]) - y) ** 2))
+               for a in np.linspace(0, 4, 201) for c in np.linspace(0, 8, 201))
+    assert float(np.sum((x @ coef - y) ** 2)) <= best + 1e-9
+
+
+def test_exponents_of_efficientnet_b0_match_the_paper():
+    """acts and params growth with flops, fitted over x2..x16 plans of each strategy, within
+    +-0.1 of DESIGN.md §3 (dWr acts ~ s^0.6, dwr s^0.83, ...)."""
+    planner = Planner(zoo.build("efficientnet-b0"), {})
+    base = planner.base
+    rows = [{"model": "b0", "strategy": "base", "flops_factor": 1.0, "flops": base.flops,
+             "params": base.params, "acts": base.acts}]
+    for strategy in STRATEGIES:
+        for factor in (2, 4, 8, 16):
+            try:
+                plan = solve(None, {}, parse_strategy(strategy), "ratio", factor,
+                             ScaleOptions(init="random"), planner=planner).plan
+            except Unreachable:
+                continue
+            rows.append({"model": "b0", "strategy": strategy, "flops_factor": float(factor),
+                         "flops": plan.scaled.flops, "params": plan.scaled.params,
+                         "acts": plan.scaled.acts})
+    found = exponents(rows)
+    for strategy in STRATEGIES:
+        want = expected_exponents(parse_strategy(strategy))
+        got = found[f"b0 {strategy}"]
+        assert got["points"] >= 4
+        assert got["acts"] == pytest.approx(want["acts"], abs=0.1), strategy
+        assert got["params"] == pytest.approx(want["params"], abs=0.1), strategy
+
+
+def stored_sweep(db, machines=("m1", "m2")):
+    """A small sweep in a database: 2 machines, cpu, 3 strategies x 1/2/4x, runtimes that
+    follow acts on m1 and flops on m2."""
+    with ResultStore(db) as store:
+        for machine in machines:
+            store.save_fingerprint({"id": machine, "hostname": f"host-{machine}",
+                                    "cpu": "Test CPU", "cpu_usable_cores": 4, "gpus": []})
+            for strategy, growth in (("base", (1, 1, 1)), ("d", (1, 1, 1)), ("w", (1, 2, 0.5)),
+                                     ("r", (1, 0, 1))):
+                for factor in ((1.0,) if strategy == "base" else (2.0, 4.0)):
+                    flops = 1e9 * factor
+                    params = 5e6 * factor ** growth[1] if growth[1] else 5e6
+                    acts = 6e6 * factor ** growth[2]
+                    p50 = 2 * acts / 1e6 + 1 if machine == "m1" else 10 * flops / 1e9 + 1
+                    key = {"base_hash": "h", "strategy": strategy, "factor": factor,
+                           "provider": "CPUExecutionProvider", "batch": 1, "options": "{}",
+                           "fingerprint": machine}
+                    store.save_cell(key | {"base": "zoo:test", "status": "ok", "p50_ms": p50,
+                                           "flops": int(flops), "params": int(params),
+                                           "acts": int(acts)})
+            store.save_cell({"base_hash": "h", "strategy": "d", "factor": 1.3,
+                             "provider": "CPUExecutionProvider", "batch": 1, "options": "{}",
+                             "fingerprint": machine, "base": "zoo:test", "status": "failed",
+                             "reason": "cannot reach"})
+
+
+def test_report_from_a_stored_sweep(tmp_path):
+    db = tmp_path / "r.db"
+    stored_sweep(db)
+    out = tmp_path / "report"
+    result = json.loads(run_cli("report", "--db", str(db), "-o", str(out), "--json",
+                                check=True).stdout)
+    for name in ("runtime", "complexity", "relative"):
+        assert (out / f"{name}.png").stat().st_size > 10_000
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"rows", "exponents", "panels"} <= summary.keys()
+    panels = {p["machine"].split(" [")[1].rstrip("]"): p for p in summary["panels"]}
+    assert set(panels) == {"m1", "m2"}  # machines side by side
+    m1, m2 = panels["m1"]["correlation"], panels["m2"]["correlation"]
+    assert m1["acts"] == pytest.approx(1.0, abs=1e-3) and m1["acts"] > m1["flops"] + 0.05
+    assert m2["flops"] == pytest.approx(1.0, abs=1e-3) and m2["flops"] > m2["acts"] + 0.05
+    assert panels["m1"]["fit"]["ms_per_mact"] == pytest.approx(2.0, rel=1e-6)
+    assert panels["m2"]["fit"]["ms_per_gflop"] == pytest.approx(10.0, rel=1e-6)
+    fastest = {f["flops_factor"]: f for f in panels["m1"]["fastest"]}
+    assert fastest[4.0]["fastest"] == "w" and fastest[4.0]["slowest"] in ("d", "r")  # a tie
+    assert fastest[4.0]["speedup"] == pytest.approx((2 * 24 + 1) / (2 * 12 + 1))
+    assert "runtime follows acts" in result["findings"][0] or \
+        "runtime follows acts" in result["findings"][1]
+    assert summary["exponents"]["zoo:test w"]["acts"] == pytest.approx(0.5)
+    page = (out / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "Test CPU" in page and "| model |" in (out / "summary.md").read_text()
+    only = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "m2"),
+                              "--machine", "m2", "--json", check=True).stdout)
+    assert len(only["findings"]) == 1
+
+
+@pytest.mark.parametrize("case,message", [("missing", "no results database"),
+                                          ("file", "needs a folder"),
+                                          ("empty", "no timed sweep cells")])
+def test_report_bad_input(tmp_path, case, message):
+    db = tmp_path / "r.db"
+    out = tmp_path / "out"
+    if case != "missing":
+        with ResultStore(db):
+            pass
+    if case == "file":
+        stored_sweep(db)
+        out.write_text("not a folder")
+    result = run_cli("report", "--db", str(db), "-o", str(out))
+    assert result.returncode == 1 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert case != "file" or out.read_text() == "not a folder"
+
+
+def test_nothing_is_nan_in_a_one_point_panel(tmp_path):
+    db = tmp_path / "r.db"
+    stored_sweep(db, machines=("m1",))
+    summary = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "o"),
+                                 "--json", check=True).stdout)
+    for values in summary["exponents"].values():
+        assert values["acts"] is None or math.isfinite(values["acts"])
