@@ -218,9 +218,20 @@ def finding(panel: dict) -> str:
 
 
 def summarize(cells: list[dict], machines: dict[str, str]) -> dict:
+    """Everything the report shows: ``rows``, ``exponents``, ``panels`` (each with its
+    correlation, fit, fastest and finding), and the same per-panel figures as flat
+    ``correlation``, ``fit`` and ``fastest`` lists keyed by model, provider, machine, batch."""
     rows = flat_rows(cells, machines)
-    return {"rows": rows, "exponents": exponents(rows), "panels": analyze_panels(rows),
-            "machines": machines}
+    analyzed = analyze_panels(rows)
+
+    def keyed(panel: dict) -> dict:
+        return {k: panel[k] for k in ("model", "provider", "machine", "batch")}
+
+    return {"rows": rows, "exponents": exponents(rows), "panels": analyzed,
+            "correlation": [keyed(p) | p["correlation"] for p in analyzed],
+            "fit": [keyed(p) | (p["fit"] or {}) for p in analyzed],
+            "fastest": [keyed(p) | f for p in analyzed for f in p["fastest"]],
+            "findings": [p["finding"] for p in analyzed], "machines": machines}
 
 
 # ---- rendering -------------------------------------------------------------------------------

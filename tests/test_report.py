@@ -112,7 +112,9 @@ def test_report_from_a_stored_sweep(tmp_path):
         assert (out / f"{name}.png").stat().st_size > 10_000
         assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     summary = json.loads((out / "summary.json").read_text())
-    assert {"rows", "exponents", "panels"} <= summary.keys()
+    assert {"rows", "exponents", "panels", "correlation", "fit", "fastest"} <= summary.keys()
+    assert len(summary["correlation"]) == len(summary["fit"]) == 2
+    assert {"flops", "params", "acts", "machine"} <= summary["correlation"][0].keys()
     panels = {p["machine"].split(" [")[1].rstrip("]"): p for p in summary["panels"]}
     assert set(panels) == {"m1", "m2"}  # machines side by side
     m1, m2 = panels["m1"]["correlation"], panels["m2"]["correlation"]
