@@ -361,6 +361,9 @@ def _positive(ctx, param, value):
 @click.option("--tolerance", default="1.5%", show_default=True,
               help="Largest accepted miss of the flops target (1.5%, 0.05); a strategy that "
                    "cannot get this close is refused.")
+@click.option("--strict", is_flag=True, help="Refuse a strategy that names a dimension the "
+                                             "model cannot scale, instead of scaling the "
+                                             "others in the strategy's proportions.")
 @click.option("--batch", help="Rewrite the batch dim: 'dynamic' or a positive integer.")
 @click.option("--init", type=click.Choice(["preserve", "random"]), default="preserve",
               show_default=True, help="Weights of new channels/blocks: function-preserving "
@@ -379,7 +382,7 @@ def _positive(ctx, param, value):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables "
                                                       "(a list of them for a grid).")
 def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, preset,
-          no_search, tolerance, batch, init, divisor, output, verify, seed, max_size, input_shapes,
+          no_search, tolerance, strict, batch, init, divisor, output, verify, seed, max_size, input_shapes,
           as_json):
     """Scale width, depth and resolution to a new ONNX model.
 
@@ -404,7 +407,7 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
                            max_bytes=parse_bytes(max_size))
     multipliers = (width, depth, resolution, group_width)
     jobs = _jobs(strategy, alpha, flops_target, preset, no_search, multipliers,
-                 _checked(parse_tolerance, tolerance))
+                 _checked(parse_tolerance, tolerance), strict)
     shapes = parse_input_shapes(input_shapes)
     if len(jobs) > 1:
         _scale_grid(model, shapes, jobs, options, output, verify, as_json)
@@ -420,7 +423,8 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
     print_scale(result)
 
 
-def _jobs(strategy, alpha, flops_target, preset, no_search, multipliers, tolerance) -> list:
+def _jobs(strategy, alpha, flops_target, preset, no_search, multipliers, tolerance,
+          strict=False) -> list:
     """What to make, from the flags: one job, or a grid (comma-separated lists)."""
     from .errors import UsageError
     from .scaling.job import Job
@@ -456,7 +460,7 @@ def _jobs(strategy, alpha, flops_target, preset, no_search, multipliers, toleran
                  for a in _split(alpha, "--alpha")]
     targets = [(text, _checked(parse_flops, text)) for text in _split(flops_target, "--flops")]
     return [Job(strategy=name, weights=weights, flops=text, target=target,
-                search=not no_search, tolerance=tolerance)
+                search=not no_search, tolerance=tolerance, strict=strict)
             for name, weights in named for text, target in targets]
 
 

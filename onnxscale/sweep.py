@@ -184,6 +184,7 @@ class Sweep:
             "flops": summary["scaled"]["flops"], "params": summary["scaled"]["params"],
             "acts": summary["scaled"]["acts"], "inputs": summary["scaled"]["inputs"],
             "multipliers": summary["multipliers"], "error": summary["strategy"]["error"],
+            "unavailable": summary["strategy"]["unavailable"],
             "base_figures": summary["base"], "exact": summary["exact"]}
         return made, path
 

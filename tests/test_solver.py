@@ -259,3 +259,28 @@ def test_multipliers_validate():
     for bad in (math.nan, math.inf, -1.0, 0.0):
         with pytest.raises(Exception, match="finite positive"):
             Multipliers(w=bad).validate()
+
+
+def test_strategies_adapt_when_a_dimension_cannot_scale(exports, tmp_path):
+    """GoogLeNet has no repeatable blocks: dWr scales w and r in dWr's proportions, says so,
+    and --strict refuses instead."""
+    path = exports("googlenet")
+    base = onnx.load(str(path))
+    planner = Planner(base, {})
+    solution = solve(None, {}, parse_strategy("dWr"), "ratio", 2, RANDOM, planner=planner,
+                     name="dWr")
+    assert "d" in solution.unavailable and "repeatable" in solution.unavailable["d"]
+    m = solution.multipliers
+    assert m.d == 1 and m.w > 1 and m.r > 1 and abs(solution.error) <= TOLERANCE
+    # dWr's proportions between w and r are kept: w = s^(8/18), r = s^(1/18) of one s
+    assert math.log(m.w) / math.log(m.r) == pytest.approx(8, rel=0.35)
+    out = tmp_path / "g.onnx"
+    result = json.loads(run_cli("scale", str(path), "--strategy", "dWr", "--flops", "2x",
+                                "--init", "random", "-o", str(out), "--json",
+                                check=True).stdout)
+    assert "d" in result["strategy"]["unavailable"]
+    assert any("cannot be scaled" in note for note in result["notes"])
+    strict = run_cli("scale", str(path), "--strategy", "dWr", "--flops", "2x", "--strict",
+                     "-o", str(tmp_path / "s.onnx"))
+    assert strict.returncode == 2 and "--strict" in strict.stderr
+    assert not (tmp_path / "s.onnx").exists()

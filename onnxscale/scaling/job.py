@@ -32,6 +32,7 @@ class Job:
     preset: str | None = None
     search: bool = True
     tolerance: float = TOLERANCE
+    strict: bool = False                     # refuse when a strategy dimension is unavailable
 
     @property
     def label(self) -> str:
@@ -60,7 +61,7 @@ def plan_job(planner: Planner, job: Job, options: ScaleOptions) -> Planned:
         kind, value = job.target
         solution = solve(None, planner.input_shapes, job.weights, kind, value, options,
                          search=job.search, planner=planner, name=job.strategy,
-                         tolerance=job.tolerance)
+                         tolerance=job.tolerance, strict=job.strict)
         return Planned(job, solution.plan, solution)
     return Planned(job, planner.plan(job.multipliers, options))
 
@@ -105,6 +106,10 @@ def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Pa
     if planned.solution is not None:
         result["strategy"] = {"name": job.strategy, "weights": job.weights,
                               "flops": job.flops, **planned.solution.summary()}
+        for letter, why in planned.solution.unavailable.items():
+            result["notes"].insert(0, f"{job.strategy}: {letter} cannot be scaled on this "
+                                      f"model ({why}); the other dimensions keep the "
+                                      f"strategy's proportions (--strict refuses instead)")
     if job.preset:
         result["preset"] = job.preset
     return result

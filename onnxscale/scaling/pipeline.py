@@ -60,6 +60,22 @@ class Planner:
         return plan_scale(self.hollow, self.input_shapes, multipliers, options,
                           (self.graph, self.base), self.cache)
 
+    def unavailable(self, letters: str, options: ScaleOptions) -> dict[str, str]:
+        """The dimensions among ``letters`` (of d, w, r) this model cannot scale at all, with
+        the reason: a plan doubling that dimension alone fails (no repeatable blocks, no
+        channel group to widen, an input size baked in).  A plan too large for the size
+        limit still counts as possible."""
+        probes = {"d": Multipliers(d=2.0), "w": Multipliers(w=2.0), "r": Multipliers(r=2.0)}
+        found = {}
+        for letter in letters:
+            try:
+                self.plan(probes[letter], options)
+            except TooLarge:
+                continue
+            except OnnxscaleError as exc:
+                found[letter] = str(exc)
+        return found
+
 
 class _DepthCache:
     """Deepened hollow models by block counts per stage (and init policy).

@@ -50,6 +50,8 @@ class Solution:
     target_flops: float
     evaluations: list[dict] = field(default_factory=list)
 
+    unavailable: dict[str, str] = field(default_factory=dict)  # dimension -> why not scaled
+
     @property
     def multipliers(self) -> Multipliers:
         return self.plan.multipliers
@@ -61,7 +63,7 @@ class Solution:
     def summary(self) -> dict:
         return {"s": self.s, "target_flops": int(round(self.target_flops)),
                 "achieved_flops": self.plan.scaled.flops, "error": self.error,
-                "evaluations": self.evaluations}
+                "unavailable": self.unavailable, "evaluations": self.evaluations}
 
 
 def target_flops(kind: str, value: float, base_flops: int) -> float:
@@ -77,7 +79,8 @@ def target_flops(kind: str, value: float, base_flops: int) -> float:
 def solve(proto: onnx.ModelProto | None, input_shapes: dict[str, list[int]],
           weights: dict[str, float], kind: str, value: float, options: ScaleOptions,
           search: bool = True, planner: Planner | None = None,
-          name: str = "the strategy", tolerance: float = TOLERANCE) -> Solution:
+          name: str = "the strategy", tolerance: float = TOLERANCE,
+          strict: bool = False) -> Solution:
     """The plan of strategy ``weights`` whose flops come closest to the target (``kind``
     'ratio': ``value`` times the base flops; 'absolute': ``value`` flops).
 
@@ -91,13 +94,39 @@ def solve(proto: onnx.ModelProto | None, input_shapes: dict[str, list[int]],
     if abs(math.log(target / planner.base.flops)) < 1e-12:
         raise OnnxscaleError(f"flops target {target:,.0f} equals the base model's flops")
     searcher = _Search(planner, weights, target, options, name, tolerance)
-    if not search:
-        s = target / planner.base.flops
-        plan = searcher.evaluate(s)
-        if plan is None:
-            raise searcher.failure or OnnxscaleError("no plan")
-        return Solution(s, plan, target, searcher.history)
-    return searcher.run()
+    try:
+        return _run(searcher, search)
+    except OnnxscaleError:
+        if searcher.best is not None:
+            raise
+        # no plan at all: is a whole dimension out of reach for this model?
+        letters = "".join(k for k in "dwr" if weights[k])
+        unavailable = planner.unavailable(letters, options)
+        if not unavailable:
+            raise
+    reasons = "; ".join(f"{k}: {why}" for k, why in unavailable.items())
+    if strict:
+        raise UsageError(f"{name} scales {', '.join(unavailable)}, which this model cannot "
+                         f"({reasons}); without --strict the other dimensions are scaled")
+    kept = dict(weights, **{k: 0.0 for k in unavailable})
+    if "w" in unavailable:
+        kept["g"] = 0.0
+    if not any(kept[k] for k in "dwr"):
+        raise UsageError(f"{name}: this model can scale none of its dimensions ({reasons})")
+    solution = _run(_Search(planner, kept, target, options, name, tolerance), search)
+    solution.unavailable = unavailable
+    return solution
+
+
+def _run(searcher: "_Search", search: bool) -> Solution:
+    """The search, or pycls's single plan at s = target / base (``search=False``)."""
+    if search:
+        return searcher.run()
+    s = searcher.target / searcher.planner.base.flops
+    plan = searcher.evaluate(s)
+    if plan is None:
+        raise searcher.failure or OnnxscaleError("no plan")
+    return Solution(s, plan, searcher.target, searcher.history)
 
 
 class _Search:
@@ -172,6 +201,8 @@ class _Search:
                 if self._done():
                     break
                 self._refine_width(s, flops)
+        if self.weights["w"] > 0 and self.weights["r"] > 0 and not self._done():
+            self._refine_resolution()
         best = self.best
         if best is None or self._miss(best.plan.scaled.flops) >= math.log1p(self.tolerance):
             raise Unreachable(self._why())
@@ -265,7 +296,27 @@ class _Search:
                 starts.append(item)
         return starts
 
-    def _refine_width(self, s: float, flops: int) -> None:
+    def _refine_resolution(self) -> None:
+        """When width alone moves in steps too coarse (every layer of a DenseNet has the same
+        width, so they all jump at once), try the neighbouring input sizes (one
+        ``resolution_divisor`` step either way) of the closest plans, each refined by width
+        again: a finer two-dimensional grid of reachable flops."""
+        step = self.options.resolution_divisor / max(1, self._base_size())
+        for s, _ in [side for side in (self.below, self.above) if side is not None]:
+            start = strategy_multipliers(self.weights, s)
+            for shift in (1, -1, 2, -2):
+                if self._done():
+                    return
+                m = Multipliers(**dict(start, r=start["r"] + shift * step))
+                plan = self.evaluate(s, m, refine="resolution")
+                if plan is not None:
+                    self._refine_width(s, plan.scaled.flops, start=m.as_dict())
+
+    def _base_size(self) -> int:
+        sizes = [dims[2] for dims in self.planner.graph.inputs.values() if len(dims) == 4]
+        return int(sizes[0]) if sizes else 224
+
+    def _refine_width(self, s: float, flops: int, start: dict | None = None) -> None:
         """Close the last gap with width alone, the finest-grained dimension.
 
         A depth or resolution step (a whole block, 4 more pixels that make every later feature
@@ -274,7 +325,7 @@ class _Search:
         until the target is met: a secant in log-log space (flops ~ w^e, e between 1 for
         depthwise-heavy nets and 2), kept inside the bracket once there is one.
         """
-        start = strategy_multipliers(self.weights, s)
+        start = start or strategy_multipliers(self.weights, s)
         point = (1.0, float(flops))
         low, high = (point, None) if flops < self.target else (None, point)
         last, exponent = point, 2.0
