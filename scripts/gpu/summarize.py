@@ -42,7 +42,14 @@ def p50(rows, **match) -> float | None:
 
 
 def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".gpu/out")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=".gpu/out", type=Path,
+                        help="the check's output folder (bench-*.json)")
+    out = parser.parse_args().out
+    if not out.is_dir():
+        raise SystemExit(f"{out}: not a folder")
     rows = load(out)
     ran = sorted({r["provider"] for r in rows if r.get("available")})
     fell_back = {}
