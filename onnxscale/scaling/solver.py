@@ -99,11 +99,21 @@ def solve(proto: onnx.ModelProto | None, input_shapes: dict[str, list[int]],
     except OnnxscaleError:
         if searcher.best is not None:
             raise
-        # no plan at all: is a whole dimension out of reach for this model?
-        letters = "".join(k for k in "dwr" if weights[k])
-        unavailable = planner.unavailable(letters, options)
+        kept, unavailable = _adapt(planner, weights, options, name, strict)
         if not unavailable:
             raise
+    solution = _run(_Search(planner, kept, target, options, name, tolerance), search)
+    solution.unavailable = unavailable
+    return solution
+
+
+def _adapt(planner: Planner, weights: dict[str, float], options: ScaleOptions, name: str,
+           strict: bool) -> tuple[dict[str, float], dict[str, str]]:
+    """When no plan exists at all: the strategy without the dimensions this model cannot
+    scale (the rest keep their proportions), and why each was dropped."""
+    unavailable = planner.unavailable("".join(k for k in "dwr" if weights[k]), options)
+    if not unavailable:
+        return weights, {}
     reasons = "; ".join(f"{k}: {why}" for k, why in unavailable.items())
     if strict:
         raise UsageError(f"{name} scales {', '.join(unavailable)}, which this model cannot "
@@ -113,9 +123,7 @@ def solve(proto: onnx.ModelProto | None, input_shapes: dict[str, list[int]],
         kept["g"] = 0.0
     if not any(kept[k] for k in "dwr"):
         raise UsageError(f"{name}: this model can scale none of its dimensions ({reasons})")
-    solution = _run(_Search(planner, kept, target, options, name, tolerance), search)
-    solution.unavailable = unavailable
-    return solution
+    return kept, unavailable
 
 
 def _run(searcher: "_Search", search: bool) -> Solution:
