@@ -65,6 +65,26 @@ def print_json(obj) -> None:
 input_shape_option = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME:1x3x224x224",
     help="Fix an input's dims (repeatable). A symbolic batch dim defaults to 1.")
+db_option = click.option(
+    "--db", "db_path", default=None, metavar="PATH",
+    help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+
+
+def result_filters(what: str):
+    """--model / --provider / --machine, as `results` and `report` filter stored rows."""
+    def decorate(command):
+        for option in reversed((
+                click.option("--model", "model_filter", default=None, metavar="TEXT",
+                             help=f"Only {what} whose name contains TEXT (or whose hash "
+                                  f"starts with it)."),
+                click.option("--provider", "-p", "provider_spec", default=None, metavar="LIST",
+                             help="Only these providers (comma-separated)."),
+                click.option("--machine", "machine_filter", default=None, metavar="ID",
+                             help="Only results from the machine whose fingerprint id "
+                                  "starts with ID."))):
+            command = option(command)
+        return command
+    return decorate
 
 
 # ---- analyze ----------------------------------------------------------------------------------
@@ -190,8 +210,7 @@ def _bench_settings(threads, precision, warmup, runs, seconds, io_binding, cuda_
               help="Provider option (repeatable); a bare KEY=VALUE goes to every non-CPU "
                    "provider, a dotted key (session.intra_op.allow_spinning=0) to the session.")
 @input_shape_option
-@click.option("--db", "db_path", default=None, metavar="PATH",
-              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@db_option
 @click.option("--no-save", is_flag=True, help="Do not write results to the database.")
 @click.option("--resume", is_flag=True,
               help="Skip configurations already measured on this machine (reuse stored rows).")
@@ -276,14 +295,8 @@ def bench(ctx: click.Context, models, provider_spec, batch_spec, threads, precis
 
 
 @main.command("results")
-@click.option("--db", "db_path", default=None, metavar="PATH",
-              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
-@click.option("--model", "model_filter", default=None, metavar="TEXT",
-              help="Only models whose name contains TEXT (or whose hash starts with it).")
-@click.option("--provider", "-p", "provider_spec", default=None, metavar="LIST",
-              help="Only these providers (comma-separated).")
-@click.option("--machine", "machine_filter", default=None, metavar="ID",
-              help="Only results from the machine whose fingerprint id starts with ID.")
+@db_option
+@result_filters("models")
 @click.option("--baseline", default="cpu", show_default=True,
               help="Provider the speedups are relative to.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
@@ -570,8 +583,7 @@ def _scale_grid(model, shapes, jobs, options, output, verify, as_json) -> None:
               metavar="[PROVIDER:]KEY=VALUE")
 @input_shape_option
 @click.option("--cache-dir", default=None, metavar="DIR", help="TensorRT caches.")
-@click.option("--db", "db_path", default=None, metavar="PATH",
-              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@db_option
 @click.option("--keep-models", type=click.Path(file_okay=False), default=None,
               help="Keep the scaled models in this folder (default: each is deleted once "
                    "timed).")
@@ -624,16 +636,10 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
 
 
 @main.command()
-@click.option("--db", "db_path", default=None, metavar="PATH",
-              help="Results database (default: $ONNXSCALE_DB or the user data folder).")
+@db_option
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Folder for the plots, summary.json, summary.md and index.html.")
-@click.option("--model", "model_filter", default=None, metavar="TEXT",
-              help="Only base models whose name contains TEXT (or whose hash starts with it).")
-@click.option("--provider", "-p", "provider_spec", default=None, metavar="LIST",
-              help="Only these providers (comma-separated).")
-@click.option("--machine", "machine_filter", default=None, metavar="ID",
-              help="Only the machine whose fingerprint id starts with ID.")
+@result_filters("base models")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json's findings on stdout.")
 def report(db_path, output, model_filter, provider_spec, machine_filter, as_json) -> None:
     """Analyze stored sweeps: runtime against flops, params and acts per provider and machine.

@@ -123,7 +123,7 @@ class Sweep:
         from .scaling.pipeline import Planner
 
         base_hash = model_hash(loaded)
-        planner = None
+        planner = Planner(loaded.proto, self.settings.input_shapes)  # base analyzed once
         for strategy, factor in jobs:
             pending = self._pending(base_hash, strategy, factor)
             self.result.skipped += len(self.providers) * len(self.batches) - len(pending)
@@ -135,10 +135,8 @@ class Sweep:
             facts = {"base": loaded.source, "base_hash": base_hash, "strategy": strategy.name,
                      "alpha": strategy.alpha, "factor": factor, "weights": strategy.weights}
             if factor == 1:
-                made = facts | _figures(base_report(loaded, self.settings.input_shapes))
-                path = None
+                made, path = facts | _figures(planner.base), None
             else:
-                planner = planner or Planner(loaded.proto, self.settings.input_shapes)
                 try:
                     made, path = self._make(loaded, planner, strategy, factor, facts)
                 except OnnxscaleError as exc:
@@ -218,14 +216,6 @@ class Sweep:
     def _report(self, what: str) -> None:
         if self.progress is not None:
             self.progress(self.handled, self.total, what)
-
-
-def base_report(loaded: LoadedModel, input_shapes: dict[str, list[int]]):
-    """The base model's analysis (factor 1 cells carry the base figures too)."""
-    from .complexity import analyze
-    from .graph import Graph
-
-    return analyze(Graph(loaded.proto, input_shapes))
 
 
 def _figures(report) -> dict:
