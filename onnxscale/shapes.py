@@ -11,6 +11,7 @@ whose inner dims differ) raise `OnnxscaleError` naming the node, instead of bein
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -178,29 +179,31 @@ def window_params(node, spatial_in: Shape, kernel: list[int]):
     return strides, dilations, pads
 
 
-def conv_rule(graph, node, ins):
-    x, w = ins[0], ins[1]
+def conv_rule(graph, node, ins, w_index=1):
+    """Conv, ConvInteger, and QLinearConv (weight at input 3)."""
+    x, w = ins[0], ins[w_index]
     if w is None:
         return fallback(graph, node)
     a = attrs(node)
     group = a.get("group", 1)
     kernel = list(a.get("kernel_shape", w[2:]))
     if len(x) != len(w):
-        raise OnnxscaleError(f"node '{node.name}' (Conv): input {list(x)} and weight {list(w)} "
+        raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): input {list(x)} and weight "
+                             f"{list(w)} "
                              f"have different ranks")
     if x[1] != w[1] * group:
-        raise OnnxscaleError(f"node '{node.name}' (Conv): input '{node.input[0]}' has {x[1]} "
-                             f"channels but weight '{node.input[1]}' {list(w)} with group "
+        raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): input '{node.input[0]}' has "
+                             f"{x[1]} channels but weight '{node.input[w_index]}' {list(w)} with group "
                              f"{group} expects {w[1] * group}")
     if w[0] % group:
-        raise OnnxscaleError(f"node '{node.name}' (Conv): {w[0]} output channels are not "
+        raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): {w[0]} output channels are not "
                              f"divisible by group {group}")
     strides, dilations, pads = window_params(node, x[2:], kernel)
     n = len(kernel)
     spatial = [spatial_output(x[2 + i], kernel[i], strides[i], dilations[i], pads[i], pads[i + n])
                for i in range(n)]
     if any(d <= 0 for d in spatial):
-        raise OnnxscaleError(f"node '{node.name}' (Conv): input {list(x)} is too small for "
+        raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): input {list(x)} is too small for "
                              f"kernel {kernel}")
     return [(x[0], w[0], *spatial)]
 
@@ -265,14 +268,15 @@ def gemm_rule(graph, node, ins):
     return [(m, n)]
 
 
-def matmul_rule(graph, node, ins):
-    a, b = ins[0], ins[1]
+def matmul_rule(graph, node, ins, b_index=1):
+    """MatMul, MatMulInteger, and QLinearMatMul (B at input 3)."""
+    a, b = ins[0], ins[b_index]
     if b is None:
         return fallback(graph, node)
     a2 = (1, *a) if len(a) == 1 else a
     b2 = (*b, 1) if len(b) == 1 else b
     if a2[-1] != b2[-2]:
-        raise OnnxscaleError(f"node '{node.name}' (MatMul): inner dims differ: "
+        raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): inner dims differ: "
                              f"{list(a)} x {list(b)}")
     batch = broadcast(a2[:-2], b2[:-2]) if len(a2) > 2 or len(b2) > 2 else ()
     out = (*batch, a2[-2], b2[-1])
@@ -281,6 +285,30 @@ def matmul_rule(graph, node, ins):
     if len(b) == 1:
         out = out[:-1]
     return [out]
+
+
+def recurrent_rule(graph, node, ins):
+    """LSTM, GRU, RNN: X's feature size must be what W was trained for (W: [dirs, k*hidden,
+    input]); a resolution change that reshapes a feature map into X (a CRNN) would break it."""
+    x, w = ins[0], ins[1]
+    if w is None or len(x) != 3:
+        return fallback(graph, node)
+    if x[2] != w[2]:
+        raise OnnxscaleError(f"node '{node.name}' ({node.op_type}): input '{node.input[0]}' "
+                             f"{list(x)} has {x[2]} features but weight '{node.input[1]}' "
+                             f"{list(w)} expects {w[2]}")
+    a = attrs(node)
+    hidden = a.get("hidden_size", w[1] // {"LSTM": 4, "GRU": 3}.get(node.op_type, 1))
+    direction = a.get("direction", b"forward")
+    dirs = 2 if (direction.decode() if isinstance(direction, bytes) else direction) \
+        == "bidirectional" else 1
+    if a.get("layout", 0):
+        batch, seq = x[0], x[1]
+        y, state = (batch, seq, dirs, hidden), (batch, dirs, hidden)
+    else:
+        seq, batch = x[0], x[1]
+        y, state = (seq, dirs, batch, hidden), (dirs, batch, hidden)
+    return [y, state, state][:len(node.output)]
 
 
 def flatten_rule(graph, node, ins):
@@ -658,6 +686,10 @@ RULES = {
     "SplitToSequence": split_to_sequence_rule, "SequenceAt": sequence_at_rule,
     "SequenceConstruct": sequence_construct_rule,
     "ConcatFromSequence": concat_from_sequence_rule,
+    "LSTM": recurrent_rule, "GRU": recurrent_rule, "RNN": recurrent_rule,
+    # quantized forms check the same weight dims as their float ops
+    "ConvInteger": conv_rule, "QLinearConv": functools.partial(conv_rule, w_index=3),
+    "MatMulInteger": matmul_rule, "QLinearMatMul": functools.partial(matmul_rule, b_index=3),
 }
 
 
@@ -714,6 +746,10 @@ def infer_dtypes(graph: Graph, node: onnx.NodeProto) -> list[int]:
         return [graph.dtypes.get(zero, T.UINT8) if zero else T.UINT8]
     if op == "DequantizeLinear":
         return [graph.dtypes.get(node.input[1], T.FLOAT)]
+    if op in ("ConvInteger", "MatMulInteger"):
+        return [T.INT32]
+    if op in ("QLinearConv", "QLinearMatMul"):  # the output's zero point says its type
+        return [graph.dtypes.get(node.input[7], T.UINT8) if len(node.input) > 7 else T.UINT8]
     if op in ("MaxPool",) and len(node.output) > 1:
         return [first, T.INT64]
     if op == "Dropout" and len(node.output) > 1:

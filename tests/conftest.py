@@ -26,13 +26,74 @@ def import_torchvision():
     return pytest.importorskip("torchvision")
 
 
+def local_models() -> dict:
+    """Small torch networks of families no zoo ships, by name: (module factory, input
+    shape without batch).  ``crnn``: conv features reshaped into a bidirectional LSTM (its
+    input height is baked into the LSTM's weights, its width is the sequence length).
+    ``fpn``: a stride-32 backbone whose coarsest map is upsampled and added back at strides
+    16 and 8 (only multiples of 32 fit).  ``plain``: an MTCNN-like plain stack (no skips)."""
+    import torch
+    from torch import nn
+
+    class CRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(
+                nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                nn.MaxPool2d((2, 1)), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                nn.MaxPool2d((2, 1)))
+            self.rnn = nn.LSTM(32 * 4, 48, bidirectional=True)
+            self.fc = nn.Linear(96, 40)
+
+        def forward(self, x):
+            f = self.conv(x)
+            n, c, h, w = f.shape
+            y, _ = self.rnn(f.reshape(n, c * h, w).permute(2, 0, 1))
+            return self.fc(y)
+
+    def block(cin, cout, stride):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.BatchNorm2d(cout), nn.ReLU())
+
+    class FPN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            widths = [32, 48, 64, 96, 128]
+            self.down = nn.ModuleList(block(c_in, c_out, 2) for c_in, c_out in
+                                      zip([3] + widths[:-1], widths))
+            self.lateral = nn.ModuleList(nn.Conv2d(c, 64, 1) for c in widths[2:])
+            self.head = nn.Conv2d(64, 1, 3, padding=1)
+
+        def forward(self, x):
+            feats = []
+            for layer in self.down:
+                x = layer(x)
+                feats.append(x)
+            top = self.lateral[2](feats[4])
+            for i in (1, 0):
+                top = nn.functional.interpolate(top, scale_factor=2.0) + \
+                    self.lateral[i](feats[2 + i])
+            return torch.sigmoid(self.head(top))
+
+    def plain():
+        return nn.Sequential(block(3, 32, 1), nn.MaxPool2d(2), block(32, 64, 1), block(64, 64, 1),
+                             nn.MaxPool2d(2), block(64, 128, 1), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(128, 10))
+
+    return {"crnn": (CRNN, (1, 32, 100)), "fpn": (FPN, (3, 128, 128)),
+            "plain": (plain, (3, 64, 64))}
+
+
 def make_torch_model(name: str):
-    """A torchvision (``resnet50``) or timm (``timm.regnety_008``) model with random weights
-    and randomized BatchNorm statistics, so folding BN (legacy exporter) is not a no-op."""
+    """A torchvision (``resnet50``), timm (``timm.regnety_008``) or local (``local.crnn``)
+    model with random weights and randomized BatchNorm statistics, so folding BN (legacy
+    exporter) is not a no-op."""
     import torch
 
     torch.manual_seed(0)
-    if name.startswith("timm."):
+    if name.startswith("local."):
+        model = local_models()[name[6:]][0]()
+    elif name.startswith("timm."):
         import_torchvision()  # timm imports torchvision
         timm = pytest.importorskip("timm")
         model = timm.create_model(name[5:], pretrained=False)
@@ -64,6 +125,8 @@ class Exports:
             return path
         model = make_torch_model(name)
         x = torch.randn(1, 3, res, res)
+        if name.startswith("local."):  # its own input size (res is ignored)
+            x = torch.randn(1, *local_models()[name[6:]][1])
         tmp = path.with_suffix(".tmp")
         if exporter == "legacy":
             torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
@@ -121,7 +184,7 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 def ort_run(path_or_proto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
-    data = path_or_proto if isinstance(path_or_proto, (str, Path)) else \
+    data = path_or_proto if isinstance(path_or_proto, (str, Path, bytes)) else \
         path_or_proto.SerializeToString()
     session = ort.InferenceSession(str(data) if isinstance(data, Path) else data,
                                    providers=["CPUExecutionProvider"])

@@ -226,7 +226,7 @@ def test_batch_baked_into_an_index_is_refused():
              helper.make_node("Gather", ["f", "index"], ["y"], name="as_strided")]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 2, 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4])],
         [numpy_helper.from_array(np.array([16], np.int64), "flat"),
          numpy_helper.from_array(np.arange(0, 16, 4).reshape(1, 4), "index")])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -243,3 +243,61 @@ def test_scale_resolution_cli_json(tmp_path):
     assert not data["exact"]
     assert declared_dims(onnx.load(out).graph.input[0]) == ["batch", 3, 336, 336]
     Graph(onnx.load(out), {"input": [2, 3, 336, 336]})
+
+
+# ---- sizes the model accepts (issue 9) ----------------------------------------------------------
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_crnn_keeps_the_height_its_lstm_was_trained_for(exports, exporter):
+    """The height is reshaped into the LSTM's features: it stays, the width (the sequence)
+    scales, the note names the LSTM, and the written model runs."""
+    proto = onnx.load(exports("local.crnn", exporter))
+    outcome = rescale(proto, 1.5)
+    assert outcome.inputs == {next(iter(outcome.inputs)): [1, 1, 32, 152]}
+    note = next(n for e in outcome.edits for n in e.notes if "keeps its size 32" in n)
+    assert "height" in note and "(LSTM)" in note and "expects 128" in note
+    out = ort_run(outcome.model, feeds_for(outcome))[0]
+    assert out.shape == (76, 1, 40) and np.isfinite(out).all()
+
+
+def test_upsample_and_merge_takes_multiples_of_its_stride(exports):
+    """A stride-32 FPN: 128 x 1.1 would be 140 (multiple of 4), which its upsample-and-add
+    cannot take; the nearest multiple of 32 is chosen instead, and said."""
+    outcome = rescale(onnx.load(exports("local.fpn", "legacy")), 1.2)
+    assert outcome.inputs == {"input": [1, 3, 160, 160]}
+    assert any("k*32" in n for e in outcome.edits for n in e.notes)
+    assert ort_run(outcome.model, feeds_for(outcome))[0].shape == (1, 1, 20, 20)
+
+
+def test_a_model_that_accepts_no_other_size_is_refused_naming_the_node():
+    """A learned position embedding added to the feature map (hybrid conv/transformer
+    models): no size but the trained one fits, so --resolution is refused naming the node,
+    and a strategy with r says r is unavailable."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    conv_w = numpy_helper.from_array(np.ones((2, 3, 3, 3), np.float32), "cw")
+    position = numpy_helper.from_array(np.ones((1, 2, 8, 8), np.float32), "position")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["c", "position"], ["y"], name="add_position")],
+        "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [conv_w, position])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(OnnxscaleError, match="accepts no other input size.*'add_position'"):
+        rescale(proto, 2)
+
+
+def test_lstm_input_mismatch_is_caught_by_the_analysis():
+    """The analysis checks an LSTM's input features against its weight, as for Conv/Gemm."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((1, 32, 12), np.float32), "W")
+    r = numpy_helper.from_array(np.zeros((1, 32, 8), np.float32), "R")
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=8)],
+        "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, r])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(OnnxscaleError, match=r"'lstm' \(LSTM\).*10 features.*expects 12"):
+        Graph(proto)

@@ -17,6 +17,7 @@ scale.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -32,7 +33,8 @@ from ..hollow import hollow_model
 from .depth import scale_depth
 from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOutcome,
                    format_bytes)
-from .resolution import scale_resolution
+from .resolution import FlattenedHeadSize, scale_resolution, spatial_axes
+from .sizes import InputSizes, find_sizes
 from .width import scale_width
 
 __all__ = ["Multipliers", "ScaleOptions", "ScaleOutcome", "Plan", "Edit", "Planner",
@@ -55,10 +57,31 @@ class Planner:
         self.base = analyze(self.graph)
         self.input_shapes = input_shapes
         self.cache = _DepthCache()
+        self._sizes: dict[int, InputSizes] = {}
 
     def plan(self, multipliers: Multipliers, options: ScaleOptions) -> Plan:
+        if multipliers.r != 1 and options.input_sizes is None:
+            options = dataclasses.replace(options, input_sizes=self.sizes(options))
         return plan_scale(self.hollow, self.input_shapes, multipliers, options,
                           (self.graph, self.base), self.cache)
+
+    def sizes(self, options: ScaleOptions) -> InputSizes:
+        """The input sizes this model accepts (`sizes.find_sizes`), probed once."""
+        divisor = options.resolution_divisor
+        if divisor not in self._sizes:
+            probe = dataclasses.replace(options, batch=None, input_sizes=None)
+
+            def accepts(dims: dict[str, list[int]]) -> str | None:
+                try:
+                    scale_resolution(self.hollow, self.graph, 2.0, probe, sizes=dims)
+                except FlattenedHeadSize:
+                    return None  # bands of sizes, not a lattice: see FlattenedHeadSize
+                except OnnxscaleError as exc:
+                    return str(exc.__cause__ or exc)
+                return None
+
+            self._sizes[divisor] = find_sizes(accepts, self.graph.inputs, spatial_axes, divisor)
+        return self._sizes[divisor]
 
     def unavailable(self, letters: str, options: ScaleOptions) -> dict[str, str]:
         """The dimensions among ``letters`` (of d, w, r) this model cannot scale at all, with
@@ -70,7 +93,9 @@ class Planner:
         for letter in letters:
             try:
                 self.plan(probes[letter], options)
-            except TooLarge:
+            except (TooLarge, QuantizedModel) as exc:
+                if isinstance(exc, QuantizedModel):
+                    raise
                 continue
             except OnnxscaleError as exc:
                 found[letter] = str(exc)
@@ -121,6 +146,8 @@ def plan_scale(hollow: onnx.ModelProto, input_shapes: dict[str, list[int]],
     _check_options(options)
     multipliers.validate()
     graph, base = prepared
+    if multipliers.d != 1 or multipliers.w != 1 or multipliers.g != 1:
+        _refuse_quantized(graph)
     _refuse_estimate(base, multipliers, options)
     model, edits, graph, inputs = _run_steps(hollow, graph, multipliers, options, cache)
     scaled = analyze(graph)
@@ -211,6 +238,28 @@ def _refuse_plan(plan: Plan) -> None:
         raise TooLarge(f"the scaled model would need {format_bytes(plan.activation_bytes)} "
                        f"of activations at batch 1 (limit {format_bytes(limit)}; raise it "
                        f"with --max-size)")
+
+
+# the ops onnxruntime's quantizer writes (QOperator, QDQ and dynamic formats)
+QUANTIZED_OPS = ("QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
+                 "DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear")
+
+
+class QuantizedModel(OnnxscaleError):
+    """Depth or width asked of a quantized model (refused up front, with the way there)."""
+
+
+def _refuse_quantized(graph: Graph) -> None:
+    """New blocks and channels need float weights and calibrated scales for each new tensor;
+    rather than write a model whose quantization does not match its data, say how to get
+    there.  Resolution and batch keep every weight, so they work on quantized models."""
+    node = next((n for n in graph.nodes if n.op_type in QUANTIZED_OPS), None)
+    if node is not None:
+        raise QuantizedModel(
+            f"node '{node.name}' ({node.op_type}): the model is quantized, and onnxscale changes "
+            f"depth and width of float models only; scale the float model, then quantize the "
+            f"result (onnxruntime.quantization.quantize_dynamic or quantize_static); "
+            f"--resolution and --batch work on quantized models as they are")
 
 
 class TooLarge(UsageError):

@@ -56,6 +56,9 @@ class ScaleOptions:
     seed: int = 0
     max_bytes: int = DEFAULT_MAX_BYTES  # refuse plans whose weights or activations need more
     rounding: str = "pycls"         # "pycls" or "efficientnet" (the --preset rules)
+    # the input sizes the model accepts (`sizes.find_sizes`), set by the Planner; None:
+    # multiples of resolution_divisor
+    input_sizes: object = None
 
 
 @dataclass

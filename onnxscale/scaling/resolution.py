@@ -43,16 +43,21 @@ BATCH_PARAM = "batch"
 
 
 def scale_resolution(proto: onnx.ModelProto, graph: Graph, r: float,
-                     options: ScaleOptions, in_place: bool = False) -> Edit:
-    """Input spatial size times ``r`` (multiple of ``options.resolution_divisor``) and/or a new
-    batch (``options.batch``: an int or "dynamic"); never mutates ``proto`` unless
-    ``in_place`` (the pipeline's own intermediate model: copying a widened model's weights
-    only to drop the original costs a second of a big scale)."""
-    inputs = _new_inputs(graph, r, options)
+                     options: ScaleOptions, in_place: bool = False,
+                     sizes: dict[str, list[int]] | None = None) -> Edit:
+    """Input spatial size times ``r`` (on the grid of sizes the model accepts,
+    ``options.input_sizes``, else multiples of ``options.resolution_divisor``) and/or a new
+    batch (``options.batch``: an int or "dynamic"), or exactly the input dims ``sizes``;
+    never mutates ``proto`` unless ``in_place`` (the pipeline's own intermediate model:
+    copying a widened model's weights only to drop the original costs a second of a big
+    scale)."""
+    inputs = sizes if sizes is not None else _new_inputs(graph, r, options)
     model = proto if in_place else copy_model(proto)
     rewriter = _Rewriter(model, graph, inputs, options)
     rewriter.run()
     notes = list(rewriter.notes)
+    if options.input_sizes is not None and r != 1 and sizes is None:
+        notes += options.input_sizes.notes(options.resolution_divisor)
     _declare(model, graph, rewriter.view, options)
     prune_dead(model)
     _check_batch(model, graph, rewriter.view, inputs, options)
@@ -70,11 +75,18 @@ def _new_inputs(graph: Graph, r: float, options: ScaleOptions) -> dict[str, list
     """New concrete dims of every input: spatial dims of image inputs (rank >= 3) scaled,
     batch replaced (analysis batch stays 1 when the batch becomes dynamic)."""
     divisor = options.resolution_divisor
+    accepted = options.input_sizes
+    if accepted is not None and r != 1 and accepted.axes and not accepted.smallest_step():
+        raise OnnxscaleError(f"resolution: the model accepts no other input size: "
+                             f"{accepted.fixed()[0].describe()}")
+    scaled = accepted.new_dims(graph.inputs, r) if accepted is not None and r != 1 else None
     new = {}
     for name, dims in graph.inputs.items():
         dims = list(dims)
-        if len(dims) >= 3 and r != 1:
-            for axis in _spatial_axes(dims):
+        if scaled is not None:
+            dims = list(scaled[name])
+        elif len(dims) >= 3 and r != 1:
+            for axis in spatial_axes(dims):
                 dims[axis] = max(divisor, round_resolution(r, dims[axis], divisor))
         if isinstance(options.batch, int) and len(dims) >= 2:
             dims[0] = options.batch
@@ -82,7 +94,7 @@ def _new_inputs(graph: Graph, r: float, options: ScaleOptions) -> dict[str, list
     return new
 
 
-def _spatial_axes(dims: list[int]) -> list[int]:
+def spatial_axes(dims: list[int]) -> list[int]:
     """H and W of NCHW, or of NHWC when the last dim looks like colour channels."""
     if len(dims) == 4 and dims[-1] in (1, 3, 4) and dims[1] > 4:
         return [1, 2]
@@ -93,6 +105,13 @@ def _symbolic_spatial(graph: Graph, name: str) -> bool:
     value = next(v for v in graph.model.graph.input if v.name == name)
     dims = declared_dims(value) or []
     return any(not isinstance(d, int) for d in dims[1:])
+
+
+class FlattenedHeadSize(OnnxscaleError):
+    """A classifier reading a flattened map gets a size that pooling cannot bring back to its
+    trained map.  Such heads accept bands of sizes around multiples of the trained map, not a
+    lattice, so size probing (`sizes.py`) does not hold them against an axis: the solver skips
+    the sizes they refuse, and an explicit --resolution is refused with this message."""
 
 
 class _Rewriter:
@@ -262,7 +281,7 @@ class _Rewriter:
             return []
         (h, w), (h2, w2) = x_old[2:], x_new[2:]
         if h2 < h or w2 < w or h2 % h or w2 % w:
-            raise OnnxscaleError(
+            raise FlattenedHeadSize(
                 f"resolution: {dense.op_type} '{dense.name}' reads the flattened "
                 f"{x_old[1]}x{h}x{w} feature map; at the new resolution it is {h2}x{w2}, which "
                 f"average pooling cannot bring back to {h}x{w} (it must be a multiple); choose "

@@ -307,9 +307,12 @@ class _Search:
     def _refine_resolution(self) -> None:
         """When width alone moves in steps too coarse (every layer of a DenseNet has the same
         width, so they all jump at once), try the neighbouring input sizes (one
-        ``resolution_divisor`` step either way) of the closest plans, each refined by width
+        step of the model's size grid either way) of the closest plans, each refined by width
         again: a finer two-dimensional grid of reachable flops."""
-        step = self.options.resolution_divisor / max(1, self._base_size())
+        finest = self.planner.sizes(self.options).smallest_step()
+        if finest is None:
+            return
+        step = finest[0] / finest[1]
         for s, _ in [side for side in (self.below, self.above) if side is not None]:
             start = strategy_multipliers(self.weights, s)
             for shift in (1, -1, 2, -2):
@@ -319,10 +322,6 @@ class _Search:
                 plan = self.evaluate(s, m, refine="resolution")
                 if plan is not None:
                     self._refine_width(s, plan.scaled.flops, start=m.as_dict())
-
-    def _base_size(self) -> int:
-        sizes = [dims[2] for dims in self.planner.graph.inputs.values() if len(dims) == 4]
-        return int(sizes[0]) if sizes else 224
 
     def _refine_width(self, s: float, flops: int, start: dict | None = None) -> None:
         """Close the last gap with width alone, the finest-grained dimension.
