@@ -13,6 +13,7 @@ from onnxscale import zoo
 from onnxscale.complexity import analyze
 from onnxscale.errors import OnnxscaleError
 from onnxscale.graph import Graph
+from onnxscale.scaling.blocks import find_blocks
 from onnxscale.scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
                                         scale_model)
 from onnxscale.scaling.strategy import round_depth
@@ -155,3 +156,43 @@ def test_instanced_block_with_biases_shared_through_identity(tmp_path):
     outcome = scale_model(base, {}, Multipliers(d=2), ScaleOptions())
     assert outcome.exact and outcome.scaled.flops > outcome.base.flops
     assert compare_outputs(base, outcome.model, outcome.base.inputs) < 1e-4
+
+
+# ---- families off the spine: nested residual blocks, same-shape modules (issue 9) ----------------
+
+@pytest.mark.parametrize("name, exporter, depths", [
+    ("timm.cspdarknet53", "legacy", [1, 2, 8, 8, 4]),
+    ("timm.cs3darknet_s", "legacy", [1, 3, 4, 1]),
+    ("timm.cs3darknet_s", "dynamo", [1, 3, 4, 1]),
+])
+def test_residual_blocks_nested_in_csp_branches(exports, name, exporter, depths):
+    """CSP stages run their bottlenecks on one branch: found off the spine, with timm's own
+    stage depths, and repeated in place exactly (copies start as the identity)."""
+    proto = onnx.load(exports(name, exporter, res=128))
+    found = find_blocks(Graph(proto))
+    assert [len(s.blocks) for s in found.stages if s.mode] == depths
+    assert all(s.nested for s in found.stages if s.mode)
+    outcome = deepen(proto, 2)
+    assert outcome.exact
+    assert compare_outputs(proto, outcome.model, outcome.base.inputs) <= TOLERANCE
+    rows = outcome.edits[0].details["stages"]
+    assert [row["new"] for row in rows if row["mode"]] == [2 * n for n in depths]
+
+
+@pytest.mark.parametrize("name, exporter, depths", [
+    ("googlenet", "legacy", [1, 2, 1]), ("inception_v3", "legacy", [1, 4, 1]),
+    ("shufflenet_v2_x1_0", "legacy", [3, 7, 3]), ("shufflenet_v2_x1_0", "dynamo", [3, 7, 3]),
+])
+def test_same_shape_modules_repeat_and_say_the_function_changes(exports, name, exporter,
+                                                                 depths):
+    """Inception modules and ShuffleNet stride-1 units (same shape in and out, no skip) are
+    repeatable; their copies cannot start as the identity, which the edit says, and the
+    deeper model runs."""
+    proto = onnx.load(exports(name, exporter, res=224 if name == "inception_v3" else 96))
+    found = find_blocks(Graph(proto))
+    assert [len(s.blocks) for s in found.stages if s.mode] == depths
+    outcome = deepen(proto, 2)
+    assert not outcome.exact
+    assert any("change the function" in note for note in outcome.edits[0].notes)
+    assert np.isfinite(compare_outputs(proto, outcome.model, outcome.base.inputs))
+    assert 1.05 < outcome.scaled.flops / outcome.base.flops < 2.2  # stems and heads stay

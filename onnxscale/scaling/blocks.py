@@ -51,6 +51,7 @@ ZERO_THROUGH = {"Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squee
                 "Relu", "LeakyRelu", "Tanh", "Gelu", "HardSwish", "Erf", "Slice", "Resize",
                 "MaxPool", "AveragePool", "Mish", "Elu", "Selu", "Celu", "PRelu"}
 ROOT = ("root",)
+REPEATABLE = ("residual", "plain", "module")  # block kinds a stage can repeat
 SATURATE = -1.0e4   # a gate's pre-activation bias that makes Sigmoid/HardSigmoid exactly 0
 # Ops whose channel dimension (axis 1) an instantiated block may change.
 INSTANTIABLE = ({"Conv", "BatchNormalization", "GlobalAveragePool", "ReduceMean", "MaxPool",
@@ -94,6 +95,7 @@ class Stage:
     blocks: list[Block]
     mode: str = ""        # clone (repeat the last repeatable block) | instantiate | "" (fixed)
     reason: str = ""
+    nested: bool = False  # residual blocks inside a branch, off the spine (CSP)
 
     @property
     def shape(self) -> tuple | None:
@@ -101,12 +103,12 @@ class Stage:
 
     @property
     def repeats(self) -> list[Block]:
-        return [b for b in self.blocks if b.kind in ("residual", "plain")]
+        return [b for b in self.blocks if b.kind in REPEATABLE]
 
     @property
     def transition(self) -> Block | None:
         first = self.blocks[0]
-        return None if first.kind in ("residual", "plain") else first
+        return None if first.kind in REPEATABLE else first
 
 
 @dataclass
@@ -396,7 +398,12 @@ def find_blocks(graph: Graph) -> BlockMap:
             piece.first, piece.last = piece.nodes[0], piece.nodes[-1]
         piece.nodes = _with_side_nodes(piece, segments, side, owner, flow.pos)
         _finish(graph, piece)
-    return BlockMap(_stages(graph, pieces), pieces, spine)
+    stages = _stages(graph, pieces)
+    stages += _nested_stages(graph, flow, pieces, stages, len(stages))
+    if not any(stage.mode for stage in stages):
+        modules = _modules(graph, spine, segments, side, owner, flow.pos)
+        stages += _module_stages(graph, modules, len(stages))
+    return BlockMap(stages, pieces, spine)
 
 
 def _with_side_nodes(piece: Block, segments, side, owner, pos) -> list[str]:
@@ -627,6 +634,166 @@ def instantiation_problem(graph: Graph, block: Block) -> str:
     return ""
 
 
+# ---- same-shape modules without a skip (Inception, ShuffleNet units) -----------------------
+
+def _modules(graph: Graph, spine, segments, side, owner, pos) -> list[Block]:
+    """Spans of the spine from one tensor of a 4-D shape to the next of the same shape that
+    hold a spatial layer (spans without one join the span after them): an Inception module,
+    a ShuffleNet unit with its channel shuffle.  Only looked for in networks with no other
+    repeatable block, so the stages of networks that have them never change."""
+    modules: list[Block] = []
+    last_at: dict[tuple, int] = {}
+    pending: dict[tuple, int] = {}
+    for j, tensor in enumerate(spine):
+        shape = graph.shapes.get(tensor)
+        if shape is None or len(shape) != 4 or shape[2] * shape[3] <= 1:
+            continue
+        if shape in last_at:
+            i = pending.get(shape, last_at[shape])
+            ks = list(range(i, j))
+            if any(_has_layer(graph, segments[k]) for k in ks):
+                names = [n for k in ks for n in segments[k]] + \
+                    [n for k in ks for n in side.get(k, [])]
+                block = Block("module", spine[i], tensor, sorted(names, key=pos.__getitem__),
+                              shape, shape)
+                block.first, block.last = segments[ks[0]][0], segments[ks[-1]][-1]
+                block.layers = max(_layer_counts(graph, block.nodes).values(), default=0)
+                modules.append(block)
+                pending.pop(shape, None)
+            else:
+                pending.setdefault(shape, last_at[shape])
+        last_at[shape] = j
+    return modules
+
+
+def _module_stages(graph: Graph, modules: list[Block], first_index: int) -> list[Stage]:
+    """Chains of modules (one's output the next one's input) with one shape: stages whose
+    copies repeat the last module as it is (no skip to start it as the identity)."""
+    stages: list[Stage] = []
+    for block in modules:
+        stage = stages[-1] if stages else None
+        if stage is not None and stage.blocks[-1].output == block.input:
+            stage.blocks.append(block)
+        else:
+            stages.append(Stage(first_index + len(stages), [block], mode="clone"))
+    return stages
+
+
+# ---- residual blocks nested inside a branch (CSP, YOLO C3/C2f) -----------------------------
+
+NESTED_WALK_LIMIT = 400  # ops a branch may have before we stop looking for its skip
+
+
+def _nested_stages(graph: Graph, flow: _Flow, pieces: list[Block], stages: list[Stage],
+                   first_index: int) -> list[Stage]:
+    """Residual blocks off the spine: ``Add(x, f(x))`` where ``x`` dominates ``f(x)`` inside
+    a branch (a CSP stage's bottlenecks run on one half of its channels, then concatenate
+    with the other half; the spine only sees the whole CSP stage).  Consecutive ones (one's
+    output the next one's input) form a stage of their own, repeated in place like a spine
+    stage: copies chain after its last block and what read that block's output reads the
+    last copy's."""
+    taken = {name for piece in pieces if piece.kind in ("residual", "projection")
+             for name in (piece.merge,)}
+    scaled = {name for stage in stages if stage.mode for block in stage.blocks
+              for name in block.nodes}
+    blocks = []
+    for node in graph.nodes:
+        if node.op_type not in MERGE_OPS or node.name in taken or node.name in scaled \
+                or node.name not in flow.on_path:
+            continue
+        block = _nested_block(graph, flow, node)
+        if block is not None and not scaled.intersection(block.nodes):
+            blocks.append(block)
+    by_input = {block.input: block for block in blocks}
+    starts = [b for b in blocks if not any(o.output == b.input for o in blocks)]
+    nested = []
+    for start in starts:
+        chain = [start]
+        while chain[-1].output in by_input and len(chain) <= len(blocks):
+            chain.append(by_input[chain[-1].output])
+        stage = Stage(first_index + len(nested), chain, mode="clone", nested=True)
+        nested.append(stage)
+    return nested
+
+
+def _nested_block(graph: Graph, flow: _Flow, merge: onnx.NodeProto) -> Block | None:
+    data = data_inputs(graph, merge)
+    if len(data) != 2 or data[0] == data[1]:
+        return None
+    for skip, branch in (data, data[::-1]):
+        ops = _skip_ops(graph, skip)
+        start = data_inputs(graph, ops[0])[0] if ops else skip
+        if graph.shapes.get(start) != graph.shapes.get(merge.output[0]):
+            continue
+        inside = _dominated(graph, flow, start, branch)
+        if inside is None or not any(spatial_layer(graph, graph.node(n)) for n in inside):
+            continue
+        post, end = _post_ops(graph, merge.output[0])
+        nodes = sorted(set(inside) | {op.name for op in ops} | {merge.name} | set(post),
+                       key=flow.pos.__getitem__)
+        block = Block("residual", start, end, nodes, graph.shapes.get(start),
+                      graph.shapes.get(end), merge=merge.name, branch=branch,
+                      shortcut=[op.name for op in ops], post=post,
+                      post_ops=[graph.node(n).op_type for n in post],
+                      note="nested in a branch")
+        block.gains = [(op.name, i) for op in ops if op.op_type in ("Mul", "Div")
+                       for i, t in enumerate(op.input) if t and weight_of(graph, t)]
+        block.first, block.last = nodes[0], nodes[-1]
+        _finish(graph, block)
+        return block if block.kind == "residual" else None
+    return None
+
+
+def _skip_ops(graph: Graph, tensor: str) -> list[onnx.NodeProto]:
+    """Constant gains or identities a skip goes through (innermost first)."""
+    ops = []
+    node = graph.producer.get(tensor)
+    while node is not None and node.op_type in SKIP_OPS and len(data_inputs(graph, node)) == 1:
+        ops.append(node)
+        node = graph.producer.get(data_inputs(graph, node)[0])
+    return ops[::-1]
+
+
+def _dominated(graph: Graph, flow: _Flow, start: str, end: str) -> list[str] | None:
+    """The ops between ``start`` and ``end`` when every path into ``end`` comes from
+    ``start`` (None otherwise, or past NESTED_WALK_LIMIT ops); the ops must not be read from
+    outside (apart from ``end``), so a copy of them is self-contained."""
+    found, stack, seen = [], [end], set()
+    while stack:
+        t = stack.pop()
+        if t == start:
+            continue
+        node = graph.producer.get(t)
+        if node is None:
+            return None  # a graph input: ``start`` does not dominate ``end``
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        found.append(node.name)
+        if len(found) > NESTED_WALK_LIMIT:
+            return None
+        stack.extend(flow.ins[node.name])
+    for name in found:
+        for t in graph.node(name).output:
+            if t != end and any(c.name not in seen for c in graph.consumers.get(t, [])
+                                if c.name in flow.on_path):
+                return None
+    return found
+
+
+def _post_ops(graph: Graph, tensor: str) -> tuple[list[str], str]:
+    """Elementwise single-input ops right after a merge (ResNet's ReLU): part of the block."""
+    post = []
+    while True:
+        readers = graph.consumers.get(tensor, [])
+        if len(readers) != 1 or readers[0].op_type not in ELEMENTWISE or \
+                len(data_inputs(graph, readers[0])) != 1 or \
+                graph.shapes.get(readers[0].output[0]) != graph.shapes.get(tensor):
+            return post, tensor
+        post.append(readers[0].name)
+        tensor = readers[0].output[0]
+
+
 # ---- listing --------------------------------------------------------------------------------
 
 def describe(found: BlockMap) -> dict:
@@ -638,7 +805,7 @@ def describe(found: BlockMap) -> dict:
             "index": stage.index, "resolution": "x".join(map(str, shape[2:])) if shape else "?",
             "width": int(shape[1]) if shape and len(shape) > 1 else None,
             "depth": len(stage.blocks), "scalable": bool(stage.mode), "mode": stage.mode,
-            "reason": stage.reason,
+            "reason": stage.reason, "nested": stage.nested,
             "blocks": [_describe_block(stage, block) for block in stage.blocks]})
     return {"stages": stages, "pieces": [_piece_entry(p) for p in found.pieces],
             "spine_tensors": len(found.spine)}
@@ -669,9 +836,14 @@ def _why(stage: Stage, block: Block) -> tuple[bool, str]:
                "copies cannot start as the identity (" + (
                    "non-idempotent op after the skip add" if block.zero is not None else
                    "no layer at the end of the branch can be zeroed") + ")")
-        return True, f"residual x + f(x); {how}"
+        where = " nested in a branch (off the spine)" if block.note == "nested in a branch" \
+            else ""
+        return True, f"residual x + f(x){where}; {how}"
     if block.kind == "plain":
         return True, "same input and output shape; copies get an identity skip"
+    if block.kind == "module":
+        return True, ("same input and output shape, no skip: copies repeat it as it is "
+                      "(the function changes)")
     if stage.mode == "instantiate":
         return True, ("single block of its stage: repeated as a stride-1, width-preserving "
                       "instance with an identity skip")

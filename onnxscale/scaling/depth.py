@@ -108,6 +108,12 @@ class _Editor:
             notes.append(f"stage {stage.index}: its single block ({template.in_shape[1]}->"
                          f"{width} channels) was repeated as a stride-1 {width}->{width} "
                          f"instance with an identity skip")
+        if template.kind == "module":
+            notes.append(f"stage {stage.index}: its blocks have no skip to start a copy as the "
+                         f"identity (Inception modules, ShuffleNet units), so {count} cop"
+                         f"{'y' if count == 1 else 'ies'} of '{template.first}' .. "
+                         f"'{template.last}' {'changes' if count == 1 else 'change'} the "
+                         f"function")
         last = stage.blocks[-1]
         anchor = self.graph.producer[last.output].name
         first_input = self.names.fresh(last.output + ".in")
