@@ -51,14 +51,15 @@ EXPORTS = [
 PADDLE_SHAPES = {"det": [1, 3, 320, 320], "rec": [1, 3, 48, 320], "cls": [1, 3, 48, 192]}
 
 
-def scale_and_run(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> None:
+def scale_and_run(proto: onnx.ModelProto, shapes: dict[str, list[int]],
+                  options: ScaleOptions = RANDOM) -> None:
     planner = Planner(proto, shapes)
-    solution = solve(None, shapes, parse_strategy("dWr"), "ratio", 2.0, RANDOM,
+    solution = solve(None, shapes, parse_strategy("dWr"), "ratio", 2.0, options,
                      planner=planner, name="dWr")
     assert abs(solution.error) <= TOLERANCE
     plans = [solution.plan]
     try:
-        plans.append(planner.plan(Multipliers(r=1.5), RANDOM))
+        plans.append(planner.plan(Multipliers(r=1.5), options))
     except FlattenedHeadSize as exc:  # VGG, AlexNet: only some sizes fit their classifier
         assert "reads the flattened" in str(exc) and "Gemm" in str(exc)
     for plan in plans:
@@ -84,4 +85,6 @@ def test_exports_run_after_scaling(exports, name, exporter, res):
 
 @pytest.mark.parametrize("which", sorted(PADDLE_SHAPES))
 def test_paddleocr_models_run_after_scaling(paddleocr_models, which):
-    scale_and_run(onnx.load(str(paddleocr_models[which])), {"x": PADDLE_SHAPES[which]})
+    # the direction classifier's 8-16 channel layers need finer width steps (README)
+    options = ScaleOptions(init="random", divisor=4) if which == "cls" else RANDOM
+    scale_and_run(onnx.load(str(paddleocr_models[which])), {"x": PADDLE_SHAPES[which]}, options)
