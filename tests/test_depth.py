@@ -196,3 +196,21 @@ def test_same_shape_modules_repeat_and_say_the_function_changes(exports, name, e
     assert any("change the function" in note for note in outcome.edits[0].notes)
     assert np.isfinite(compare_outputs(proto, outcome.model, outcome.base.inputs))
     assert 1.05 < outcome.scaled.flops / outcome.base.flops < 2.2  # stems and heads stay
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_dense_blocks_append_layers_exactly(exports, exporter):
+    """DenseNet-121's dense blocks (6-12-24-16 layers): new layers read every earlier
+    output and join the block's Concat, whose readers (transition BN + conv, the final BN,
+    pooling, the dynamo export's fixed Reshape target and the classifier) get zero weights
+    for them, so --depth 2 is exact; --depth 0.5 drops layers and their channels and runs."""
+    proto = onnx.load(exports("densenet121", exporter, res=64))
+    found = find_blocks(Graph(proto))
+    assert [len(s.blocks) for s in found.stages if s.mode == "dense"] == [6, 12, 24, 16]
+    outcome = deepen(proto, 2)
+    assert outcome.exact
+    assert compare_outputs(proto, outcome.model, outcome.base.inputs) <= TOLERANCE
+    assert [row["new"] for row in outcome.edits[0].details["stages"]] == [12, 24, 48, 32]
+    shrunk = deepen(proto, 0.5)
+    assert not shrunk.exact and shrunk.scaled.flops < 0.6 * shrunk.base.flops
+    assert np.isfinite(compare_outputs(proto, shrunk.model, shrunk.base.inputs))

@@ -51,7 +51,7 @@ ZERO_THROUGH = {"Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squee
                 "Relu", "LeakyRelu", "Tanh", "Gelu", "HardSwish", "Erf", "Slice", "Resize",
                 "MaxPool", "AveragePool", "Mish", "Elu", "Selu", "Celu", "PRelu"}
 ROOT = ("root",)
-REPEATABLE = ("residual", "plain", "module")  # block kinds a stage can repeat
+REPEATABLE = ("residual", "plain", "module", "dense")  # block kinds a stage can repeat
 SATURATE = -1.0e4   # a gate's pre-activation bias that makes Sigmoid/HardSigmoid exactly 0
 # Ops whose channel dimension (axis 1) an instantiated block may change.
 INSTANTIABLE = ({"Conv", "BatchNormalization", "GlobalAveragePool", "ReduceMean", "MaxPool",
@@ -96,6 +96,7 @@ class Stage:
     mode: str = ""        # clone (repeat the last repeatable block) | instantiate | "" (fixed)
     reason: str = ""
     nested: bool = False  # residual blocks inside a branch, off the spine (CSP)
+    dense: str = ""       # dense stages: the Concat that joins the layers' outputs
 
     @property
     def shape(self) -> tuple | None:
@@ -400,6 +401,9 @@ def find_blocks(graph: Graph) -> BlockMap:
         _finish(graph, piece)
     stages = _stages(graph, pieces)
     stages += _nested_stages(graph, flow, pieces, stages, len(stages))
+    from .dense import find_dense_stages  # dense.py builds on this module
+
+    stages += find_dense_stages(graph, len(stages))
     if not any(stage.mode for stage in stages):
         modules = _modules(graph, spine, segments, side, owner, flow.pos)
         stages += _module_stages(graph, modules, len(stages))
@@ -841,6 +845,9 @@ def _why(stage: Stage, block: Block) -> tuple[bool, str]:
         return True, f"residual x + f(x){where}; {how}"
     if block.kind == "plain":
         return True, "same input and output shape; copies get an identity skip"
+    if block.kind == "dense":
+        return True, ("dense layer: a new layer reads every earlier output and joins the "
+                      "concat; the concat's readers get zero weights for it: exact")
     if block.kind == "module":
         return True, ("same input and output shape, no skip: copies repeat it as it is "
                       "(the function changes)")

@@ -29,6 +29,7 @@ from ..graph import FLOAT_TYPES, Graph
 from ..hollow import Hollow
 from .init import he_normal
 from .blocks import Block, Stage, find_blocks, instantiation_problem, spatial_layer, weight_of
+from .dense import channel_readers
 from .plan import Edit, ScaleOptions
 from .protoedit import Tensors, copy_model, prune_dead, remove_attribute, set_attribute
 from .strategy import stage_depth
@@ -87,6 +88,10 @@ class _Editor:
                "exact": True}
         if not stage.mode and wanted != old:
             notes.append(f"stage {stage.index} kept at {old} block(s): {stage.reason}")
+        if stage.mode == "dense" and new != old:
+            row["exact"] = self._dense_grow(stage, new - old) if new > old else \
+                self._dense_shrink(stage, new)
+            return row
         if new > old:
             row["new"], row["exact"] = self._grow(stage, new - old, notes)
         elif new < old:
@@ -126,6 +131,77 @@ class _Editor:
             source = target
         return len(stage.blocks) + count, (self.options.init == "preserve"
                                            and template.identity_copy)
+
+    def _dense_grow(self, stage: Stage, count: int) -> bool:
+        """Append ``count`` layers to a dense block (`dense.py`): each a copy of the last
+        layer reading a new Concat of everything so far, its input path widened; the block
+        Concat's readers get zero weights for the new channels (exact with preserve)."""
+        graph, template = self.graph, stage.blocks[-1]
+        final = graph.node(stage.dense)
+        growth = template.out_shape[1]
+        inside = channel_readers(graph, template.input)
+        inputs = list(final.input)
+        new_nodes: list[onnx.NodeProto] = []
+        for copy in range(1, count + 1):
+            tag = f".d{copy}"
+            joined = self.names.fresh(f"{final.output[0]}{tag}.in")
+            new_nodes.append(helper.make_node("Concat", list(inputs), [joined], axis=1,
+                                              name=self.names.fresh(f"{final.name}{tag}")))
+            target = self.names.fresh(template.output + tag)
+            clones = self._copy(template, joined, target, None, tag)
+            by_name = dict(zip(template.nodes, clones))
+            for edit in inside:
+                self._widen_input(by_name[edit.node], edit, copy * growth, tag, clones)
+            new_nodes += clones
+            inputs.append(target)
+        self.after.setdefault(graph.producer[template.output].name, []).extend(new_nodes)
+        self.nodes[final.name].input.extend(inputs[len(final.input):])
+        channels = graph.shapes[final.output[0]][1] + count * growth
+        for edit in channel_readers(graph, final.output[0]):
+            self._reshape_weight(edit, channels)
+        return self.options.init == "preserve"
+
+    def _dense_shrink(self, stage: Stage, new: int) -> bool:
+        """Drop a dense block's last layers and the channels they fed its readers."""
+        final = self.graph.node(stage.dense)
+        dropped = len(stage.blocks) - new
+        keep = len(final.input) - dropped
+        channels = sum(self.graph.shapes[t][1] for t in final.input[:keep])
+        del self.nodes[final.name].input[keep:]
+        for edit in channel_readers(self.graph, final.output[0]):
+            self._reshape_weight(edit, channels)
+        return False
+
+    def _widen_input(self, clone: onnx.NodeProto, edit, count: int, tag: str,
+                     clones: list[onnx.NodeProto]) -> None:
+        """The copied layer's input path reads ``count`` more channels than the template's;
+        every node of the copy that read the old weight (a CastLike reading its type) reads
+        the widened one."""
+        node = self.graph.node(edit.node)
+        source = weight_of(self.graph, node.input[edit.index]) or node.input[edit.index]
+        value = self.graph.value(source) if source in self.graph.consts else \
+            self.graph.small_value(source)
+        channels = (int(np.asarray(value).reshape(-1)[1]) if edit.target
+                    else value.shape[edit.axis]) + count
+        array = edit.apply(value, channels)
+        if self.options.init == "random" and not edit.target:
+            array = _random_like(node, edit.index, array, self.rng)
+        old, new = clone.input[edit.index], self.tensors.add(array, source + tag)
+        for other in clones:
+            for i, t in enumerate(other.input):
+                if t == old:
+                    other.input[i] = new
+
+    def _reshape_weight(self, edit, channels: int) -> None:
+        """A reader of a dense block's Concat now sees ``channels`` channels."""
+        node = self.graph.node(edit.node)
+        source = weight_of(self.graph, node.input[edit.index])
+        if source is None:  # a folded computation (a Reshape target built by Concat)
+            value = edit.apply(self.graph.small_value(node.input[edit.index]), channels)
+            self.nodes[edit.node].input[edit.index] = self.tensors.add(value, node.input[
+                edit.index])
+            return
+        self.tensors.set(source, edit.apply(self.graph.value(source), channels))
 
     def _shrink(self, stage: Stage, new: int) -> None:
         """Drop the stage's last blocks; what read the stage's output reads the kept one's."""
