@@ -214,3 +214,16 @@ def test_dense_blocks_append_layers_exactly(exports, exporter):
     shrunk = deepen(proto, 0.5)
     assert not shrunk.exact and shrunk.scaled.flops < 0.6 * shrunk.base.flops
     assert np.isfinite(compare_outputs(proto, shrunk.model, shrunk.base.inputs))
+
+
+@pytest.mark.parametrize("name, exporter", [("local.plain", "legacy"), ("local.plain", "dynamo"),
+                                            ("vgg11_bn", "legacy")])
+def test_plain_stacks_deepen_exactly(exports, name, exporter):
+    """Plain stacks without skips (an MTCNN-like stack, VGG-11-BN): their periodic blocks and
+    single-block stages are repeated with an identity skip and a zeroed branch end, so
+    --depth 2 is exact."""
+    proto = onnx.load(exports(name, exporter, res=224))
+    outcome = deepen(proto, 2)
+    assert outcome.exact
+    assert compare_outputs(proto, outcome.model, outcome.base.inputs) <= TOLERANCE
+    assert outcome.scaled.flops > 1.2 * outcome.base.flops
