@@ -14,7 +14,7 @@ import traceback
 import click
 
 from . import __version__
-from .errors import OnnxscaleError
+from .errors import OnnxscaleError, UsageError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -588,11 +588,22 @@ def _scale_grid(model, shapes, jobs, options, output, verify, as_json) -> None:
               help="Keep the scaled models in this folder (default: each is deleted once "
                    "timed).")
 @click.option("--retry-failed", is_flag=True, help="Try again the cells stored as failed.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
+              metavar="[ADDRESS]",
+              help="Run the cells on a Ray cluster: auto (the cluster this machine is in), "
+                   "HOST:PORT, ray://HOST:PORT (client), or no value (a local cluster). "
+                   "Needs pip install 'onnxscale[ray]'.")
+@click.option("--each-machine", is_flag=True,
+              help="With --ray: measure every cell on every kind of machine in the cluster.")
+@click.option("--accelerator-type", "accelerator_types", default=None, metavar="H100,A10G",
+              help="With --ray: measure every cell on each kind of machine with one of these "
+                   "GPUs (Ray's accelerator types).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, batch_spec,
           threads, precision, warmup, runs, seconds, io_binding, cuda_graph, provider_options,
-          input_shapes, cache_dir, db_path, keep_models, retry_failed, as_json) -> None:
+          input_shapes, cache_dir, db_path, keep_models, retry_failed, ray_address,
+          each_machine, accelerator_types, as_json) -> None:
     """Scale each model with every strategy to every flops factor and time every result.
 
     Cells (model, strategy, factor, provider, batch, options, machine) are stored one by one
@@ -619,11 +630,24 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
     if keep is not None and keep.exists() and not keep.is_dir():
         raise OnnxscaleError(f"{keep}: --keep-models needs a folder, and this is a file")
     path = Path(db_path) if db_path else default_db_path()
+    types = [t.strip() for t in accelerator_types.split(",") if t.strip()] \
+        if accelerator_types else []
+    if (each_machine or types) and not ray_address:
+        raise UsageError("--each-machine and --accelerator-type need --ray")
+    if ray_address and keep is not None:
+        raise UsageError("--keep-models is for local sweeps: with --ray, scaled models are "
+                         "made on the node that measures them")
     from . import render
 
     with ResultStore(path) as store, render.sweep_progress(not as_json) as progress:
-        runner = Sweep(store, providers, batches, settings, tolerance=tol, keep_models=keep,
-                       retry_failed=retry_failed, progress=progress)
+        common = dict(tolerance=tol, retry_failed=retry_failed, progress=progress)
+        if ray_address:
+            from .cluster import RaySweep
+
+            runner = RaySweep(store, providers, batches, settings, address=ray_address,
+                              each_machine=each_machine, accelerator_types=types, **common)
+        else:
+            runner = Sweep(store, providers, batches, settings, keep_models=keep, **common)
         try:
             result = runner.run(list(models), strategies, factors)
         except KeyboardInterrupt:

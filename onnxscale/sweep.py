@@ -165,49 +165,23 @@ class Sweep:
 
     def _make(self, loaded: LoadedModel, planner, strategy: Strategy, factor: float,
               facts: dict) -> tuple[dict, Path]:
-        """Plan and write the scaled model (random weights); its facts and its file."""
-        from .scaling.job import Job, plan_job, write_job
-        from .scaling.plan import ScaleOptions
-
-        job = Job(strategy=strategy.name, weights=strategy.weights, flops=f"{factor:g}x",
-                  target=("ratio", factor), tolerance=self.tolerance)
-        planned = plan_job(planner, job, ScaleOptions(init="random", seed=self.settings.seed))
-        folder = self.keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = Path(loaded.source.removeprefix("zoo:")).name.removesuffix(".onnx")
-        path = folder / f"{stem}.{strategy.name.replace('=', '')}.{factor:g}x.onnx"
-        summary = write_job(loaded, self.settings.input_shapes, planned, path, verify=False)
-        made = facts | {
-            "target_flops": summary["strategy"]["target_flops"],
-            "flops": summary["scaled"]["flops"], "params": summary["scaled"]["params"],
-            "acts": summary["scaled"]["acts"], "inputs": summary["scaled"]["inputs"],
-            "multipliers": summary["multipliers"], "error": summary["strategy"]["error"],
-            "unavailable": summary["strategy"]["unavailable"],
-            "base_figures": summary["base"], "exact": summary["exact"]}
-        return made, path
+        return make_scaled(loaded, planner, strategy, factor, facts, self.settings,
+                           self.tolerance, self.keep)
 
     def _measure(self, label: str, loaded: LoadedModel, path: Path | None,
                  pending: list[dict], facts: dict) -> None:
         """Time the model on every pending (provider, batch); store one row per cell."""
-        model = loaded if path is None else load_model(str(path))
-        for key in pending:
-            self._report(f"{label}: {short_name(key['provider'])} batch {key['batch']}")
-            report = run_bench([model], [key["provider"]], [key["batch"]], self.settings,
-                               store=self.store)
-            row = report.rows[0]
-            status = "ok" if row.get("available") else "unavailable"
-            cell = key | facts | {"status": status, "reason": row.get("reason"),
-                                  "p50_ms": row.get("p50_ms"), "bench": row,
-                                  "measured_at": time.time()}
+        for cell in time_cells(loaded, path, pending, facts, self.settings, self.store,
+                               lambda key: self._report(
+                                   f"{label}: {short_name(key['provider'])} batch "
+                                   f"{key['batch']}")):
             self.store.save_cell(cell)
             self.result.done += 1
             self.result.cells.append(cell)
             self.handled += 1
 
     def _failed(self, pending: list[dict], facts: dict, reason: str) -> None:
-        for key in pending:
-            cell = key | facts | {"status": "failed", "reason": reason,
-                                  "measured_at": time.time()}
+        for cell in failed_cells(pending, facts, reason):
             self.store.save_cell(cell)
             self.result.failed += 1
             self.result.cells.append(cell)
@@ -216,6 +190,53 @@ class Sweep:
     def _report(self, what: str) -> None:
         if self.progress is not None:
             self.progress(self.handled, self.total, what)
+
+
+def make_scaled(loaded: LoadedModel, planner, strategy: Strategy, factor: float, facts: dict,
+                settings: BenchSettings, tolerance: float,
+                keep: Path | None = None) -> tuple[dict, Path]:
+    """Plan and write the scaled model (random weights); its facts and its file (in ``keep``
+    or a fresh temporary folder the caller removes)."""
+    from .scaling.job import Job, plan_job, write_job
+    from .scaling.plan import ScaleOptions
+
+    job = Job(strategy=strategy.name, weights=strategy.weights, flops=f"{factor:g}x",
+              target=("ratio", factor), tolerance=tolerance)
+    planned = plan_job(planner, job, ScaleOptions(init="random", seed=settings.seed))
+    folder = keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = Path(loaded.source.removeprefix("zoo:")).name.removesuffix(".onnx")
+    path = folder / f"{stem}.{strategy.name.replace('=', '')}.{factor:g}x.onnx"
+    summary = write_job(loaded, settings.input_shapes, planned, path, verify=False)
+    made = facts | {
+        "target_flops": summary["strategy"]["target_flops"],
+        "flops": summary["scaled"]["flops"], "params": summary["scaled"]["params"],
+        "acts": summary["scaled"]["acts"], "inputs": summary["scaled"]["inputs"],
+        "multipliers": summary["multipliers"], "error": summary["strategy"]["error"],
+        "unavailable": summary["strategy"]["unavailable"],
+        "base_figures": summary["base"], "exact": summary["exact"]}
+    return made, path
+
+
+def time_cells(loaded: LoadedModel, path: Path | None, pending: list[dict], facts: dict,
+               settings: BenchSettings, store=None, before=None):
+    """Time the model (the base, or the scaled one at ``path``) on every pending (provider,
+    batch): one finished cell (a dict) at a time."""
+    model = loaded if path is None else load_model(str(path))
+    for key in pending:
+        if before is not None:
+            before(key)
+        report = run_bench([model], [key["provider"]], [key["batch"]], settings, store=store)
+        row = report.rows[0]
+        status = "ok" if row.get("available") else "unavailable"
+        yield key | facts | {"status": status, "reason": row.get("reason"),
+                             "p50_ms": row.get("p50_ms"), "bench": row,
+                             "measured_at": time.time()}
+
+
+def failed_cells(pending: list[dict], facts: dict, reason: str) -> list[dict]:
+    return [key | facts | {"status": "failed", "reason": reason, "measured_at": time.time()}
+            for key in pending]
 
 
 def _figures(report) -> dict:

@@ -1,0 +1,345 @@
+"""Sweeps on a Ray cluster (``onnxscale sweep --ray``): every machine in it, side by side.
+
+Ray schedules; onnxscale only decides what runs where and keeps the books:
+
+- **Units.**  A unit is one (base model, strategy, factor, machine kind, provider class): the
+  node that runs it plans and writes the scaled model itself, then times every pending
+  (provider, batch) of that class.  A scaled model is made once per node and class, never
+  once per provider, and nodes need no shared filesystem.  The base model is put in Ray's
+  object store once and pulled by each node once.
+- **Placement.**  A CPU unit asks for every CPU of its node, so no scaling work and no other
+  timing shares the CPUs it times on; a CUDA/TensorRT unit asks for one whole GPU (and one
+  CPU), so two timings never share a device.  Units are pinned to a node of their kind
+  (round robin over those nodes), so a row's machine fingerprint is the machine that
+  measured it.
+- **Machine kinds.**  Nodes are grouped by their machine fingerprint (`bench.fingerprint`).
+  By default each cell is measured once, on whichever kind can; ``each_machine`` measures
+  every cell on every kind, ``accelerator_types`` (Ray's names: ``H100``, ``A10G``) on every
+  kind with one of those GPUs.
+- **One writer.**  Only this driver writes the SQLite store, one committed row per finished
+  cell, as the local sweep does, so resume (cells done on a kind are skipped there), SIGKILL
+  and rerun behave the same.  A unit whose node dies is run again on another node of its
+  kind, or stored as failed with the reason when none is left.
+
+Ray is imported only here, and only when ``--ray`` is given (it takes seconds to import).
+"""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bench import model_hash
+from .bench.providers import short_name
+from .errors import OnnxscaleError, UsageError
+from .model import LoadedModel, load_model
+from .sweep import (BASE, Strategy, Sweep, _figures, failed_cells, make_scaled, time_cells)
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+NODE_RETRIES = 3   # a unit whose node dies is tried on this many other nodes of its kind
+NO_RAY = "--ray needs Ray, which is not installed: pip install 'onnxscale[ray]'"
+
+
+@dataclass
+class Node:
+    id: str
+    cpus: int
+    gpus: int
+    accelerator: str | None
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.fingerprint.get("id", "?")
+
+
+@dataclass
+class Unit:
+    """What one Ray task does: one scaled model on one node, timed on its pending cells."""
+
+    base: str
+    ref: object                   # the base model's bytes in Ray's object store
+    strategy: Strategy
+    factor: float
+    facts: dict
+    pending: list[dict]
+    kind: str
+    gpu: bool
+    tried: list[str] = field(default_factory=list)   # node ids that died under it
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(NO_RAY) from None
+    return ray
+
+
+def connect(address: str):
+    """Join (``auto``, ``HOST:PORT``), connect as a client (``ray://HOST:PORT``) or start a
+    local cluster (``local``); a one-line error says what to do when that fails."""
+    ray = import_ray()
+    if address not in ("local", "auto"):
+        _reachable(address)
+    try:
+        ray.init(address=None if address == "local" else address, log_to_driver=False,
+                 include_dashboard=False, configure_logging=False)
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        hint = ("start one with 'ray start --head' on this machine, or give its address"
+                if address == "auto" else "check the address and that 'ray start' runs there")
+        raise OnnxscaleError(f"--ray {address}: cannot connect to a Ray cluster ({first}); "
+                             f"{hint}") from None
+    return ray
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on an address nothing listens at (Ray itself retries for a minute)."""
+    host_port = address.removeprefix("ray://")
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise OnnxscaleError(f"--ray {address}: nothing answers at {host}:{port} ({exc}); "
+                             f"start the head there with 'ray start --head' or fix the "
+                             f"address") from None
+
+
+def discover(ray) -> list[Node]:
+    """The cluster's alive nodes, with their resources and machine fingerprints."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = []
+    for info in ray.nodes():
+        if not info.get("Alive"):
+            continue
+        resources = info.get("Resources", {})
+        accelerator = next((k.split(":", 1)[1] for k in resources
+                            if k.startswith("accelerator_type:")), None)
+        nodes.append(Node(info["NodeID"], int(resources.get("CPU", 0)),
+                          int(resources.get("GPU", 0)), accelerator))
+    probe = ray.remote(num_cpus=0, max_retries=0)(_fingerprint)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
+            .remote() for n in nodes]
+    for node, found in zip(nodes, ray.get(refs)):
+        node.fingerprint = found
+    return nodes
+
+
+def _fingerprint() -> dict:
+    from .bench import fingerprint
+
+    return fingerprint.collect()
+
+
+class RaySweep(Sweep):
+    """`Sweep` with units run as Ray tasks; this process stays the only writer."""
+
+    def __init__(self, *args, address: str = "local", each_machine: bool = False,
+                 accelerator_types: list[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ray = connect(address)
+        self.nodes = discover(self.ray)
+        self.kinds = self._target_kinds(each_machine, accelerator_types or [])
+        self.each = each_machine or bool(accelerator_types)
+        for node in self.nodes:
+            self.store.save_fingerprint(node.fingerprint)
+        self._turn = itertools.count()
+
+    def _target_kinds(self, each_machine: bool, types: list[str]) -> list[str]:
+        kinds = list(dict.fromkeys(n.kind for n in self.nodes))
+        if not types:
+            return kinds
+        present = sorted({n.accelerator for n in self.nodes if n.accelerator})
+        missing = [t for t in types if t not in present]
+        if missing:
+            raise OnnxscaleError(
+                f"--accelerator-type {','.join(missing)}: no node of the cluster has it "
+                f"(present: {', '.join(present) or 'no accelerator types'}); start workers "
+                f"with such GPUs or drop the option")
+        return list(dict.fromkeys(n.kind for n in self.nodes if n.accelerator in types))
+
+    # ---- planning the units -------------------------------------------------------------------
+    def run(self, models: list[str], strategies: list[Strategy],
+            factors: list[float]) -> object:
+        jobs = [(s, f) for s in strategies for f in factors if f != 1]
+        if 1 in factors:
+            jobs.insert(0, (Strategy(BASE, {}), 1.0))
+        copies = len(self.kinds) if self.each else 1
+        self.total = len(models) * len(jobs) * len(self.providers) * len(self.batches) * copies
+        units = []
+        for spec in models:
+            loaded = load_model(spec, seed=self.settings.seed)
+            ref = self.ray.put(loaded.proto.SerializeToString())
+            base_hash = model_hash(loaded)
+            for strategy, factor in jobs:
+                facts = {"base": loaded.source, "base_hash": base_hash,
+                         "strategy": strategy.name, "alpha": strategy.alpha, "factor": factor,
+                         "weights": strategy.weights}
+                units += self._units(loaded.source, ref, strategy, factor, facts)
+        self._execute(units)
+        return self.result
+
+    def _units(self, source, ref, strategy, factor, facts) -> list[Unit]:
+        units = []
+        for kind in self.kinds if self.each else [None]:
+            for gpu in (False, True):
+                providers = [p for p in self.providers if (p in GPU_PROVIDERS) == gpu]
+                pending = self._pending_on(facts["base_hash"], strategy, factor, providers, kind)
+                if not pending:
+                    continue
+                where = kind or self._any_kind(gpu)
+                units.append(Unit(source, ref, strategy, factor, facts, pending, where, gpu))
+        return units
+
+    def _pending_on(self, base_hash, strategy, factor, providers, kind) -> list[dict]:
+        """Cells still to do on machine ``kind`` (None: on any kind in the cluster)."""
+        from .sweep import cell_options
+
+        pending = []
+        for provider in providers:
+            for batch in self.batches:
+                key = {"base_hash": base_hash, "strategy": strategy.name, "factor": factor,
+                       "provider": provider, "batch": batch,
+                       "options": cell_options(provider, self.settings)}
+                kinds = [kind] if kind else list(dict.fromkeys(n.kind for n in self.nodes))
+                statuses = [self.store.cell_status(key | {"fingerprint": k}) for k in kinds]
+                if any(s == "ok" or (s is not None and not self.retry) for s in statuses):
+                    self.result.skipped += 1
+                    self.handled += 1
+                    continue
+                pending.append(key)
+        return pending
+
+    def _any_kind(self, gpu: bool) -> str:
+        capable = [n for n in self.nodes if n.gpus or not gpu]
+        chosen = (capable or self.nodes)[next(self._turn) % len(capable or self.nodes)]
+        return chosen.kind
+
+    # ---- running them -------------------------------------------------------------------------
+    def _execute(self, units: list[Unit]) -> None:
+        ray = self.ray
+        task = ray.remote(max_retries=0)(run_unit)
+        running: dict = {}
+        queue = list(units)
+        while queue or running:
+            while queue:
+                unit = queue.pop(0)
+                node = self._node_for(unit)
+                if node is None:
+                    cells = failed_cells(_keyed(unit.pending, unit.kind), unit.facts,
+                                         self._no_node_reason(unit))
+                    if not unit.tried:  # no GPU anywhere: like a provider that cannot run
+                        cells = [c | {"status": "unavailable"} for c in cells]
+                    self._store(cells)
+                    continue
+                ref = task.options(**self._placement(node, unit)).remote(
+                    unit.ref, unit.base, unit.strategy, unit.factor, unit.facts, unit.pending,
+                    self.settings, self.tolerance, node.id)
+                running[ref] = (unit, node)
+                self._report(f"{unit.base} {unit.strategy.name} x{unit.factor:g} on "
+                             f"{node.id[:8]} ({'GPU' if unit.gpu else 'CPU'})")
+            done, _ = ray.wait(list(running), num_returns=1)
+            unit, node = running.pop(done[0])
+            try:
+                cells = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # our code raised: a bug, said once
+                cells = failed_cells(_keyed(unit.pending, node.kind), unit.facts,
+                                     f"internal error on node {node.id[:8]}: "
+                                     f"{str(exc).strip().splitlines()[-1]}")
+            except ray.exceptions.RayError:  # the node or its worker died: another node
+                unit.tried.append(node.id)
+                self.nodes = discover(ray)
+                queue.append(unit)
+                continue
+            self._store(cells)
+
+    def _node_for(self, unit: Unit) -> Node | None:
+        if len(unit.tried) > NODE_RETRIES:
+            return None
+        nodes = [n for n in self.nodes if n.kind == unit.kind and n.id not in unit.tried
+                 and (n.gpus or not unit.gpu)]
+        if not nodes:
+            return None
+        return nodes[next(self._turn) % len(nodes)]
+
+    def _no_node_reason(self, unit: Unit) -> str:
+        if unit.tried:
+            return (f"the node(s) {', '.join(n[:8] for n in unit.tried)} died while measuring "
+                    f"and no other node of this machine kind is left")
+        return "no node of this machine kind has a GPU" if unit.gpu else \
+            "no node of this machine kind is alive"
+
+    @staticmethod
+    def _placement(node: Node, unit: Unit) -> dict:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        resources = {"num_gpus": 1, "num_cpus": 1} if unit.gpu else \
+            {"num_gpus": 0, "num_cpus": max(1, node.cpus)}
+        return resources | {"scheduling_strategy":
+                            NodeAffinitySchedulingStrategy(node.id, soft=False)}
+
+    def _store(self, cells: list[dict]) -> None:
+        for cell in cells:
+            self.store.save_cell(cell)
+            if cell["status"] == "failed":
+                self.result.failed += 1
+            else:
+                self.result.done += 1
+            self.result.cells.append(cell)
+            self.handled += 1
+            self._report(f"{cell['base']} {cell['strategy']} x{cell['factor']:g} "
+                         f"{short_name(cell['provider'])} batch {cell['batch']}: "
+                         f"{cell['status']}")
+
+
+def _keyed(pending: list[dict], kind: str) -> list[dict]:
+    return [key | {"fingerprint": kind} for key in pending]
+
+
+_PLANNERS: dict[str, object] = {}   # per worker process: the base analyzed once
+
+
+def run_unit(data: bytes, source: str, strategy: Strategy, factor: float, facts: dict,
+             pending: list[dict], settings, tolerance: float, node_id: str) -> list[dict]:
+    """On a node: plan and write the scaled model, time it on every pending cell, return
+    the finished cells (keyed by this machine's fingerprint).  Runs in a Ray worker."""
+    import onnx
+
+    from .bench import fingerprint
+
+    machine = fingerprint.collect()["id"]
+    keys = [key | {"fingerprint": machine} for key in pending]
+    loaded = LoadedModel(onnx.load_from_string(data), source, None)
+    if factor == 1:
+        made, path = facts | _figures(_planner(facts["base_hash"], loaded, settings).base), None
+    else:
+        try:
+            made, path = make_scaled(loaded, _planner(facts["base_hash"], loaded, settings),
+                                     strategy, factor, facts, settings, tolerance,
+                                     Path(tempfile.mkdtemp(prefix="onnxscale-sweep.")))
+        except OnnxscaleError as exc:
+            return failed_cells(keys, facts | {"node": node_id}, str(exc))
+    try:
+        return list(time_cells(loaded, path, keys, made | {"node": node_id}, settings))
+    finally:
+        if path is not None:
+            import shutil
+
+            shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _planner(base_hash: str, loaded: LoadedModel, settings):
+    from .scaling.pipeline import Planner
+
+    if base_hash not in _PLANNERS:
+        _PLANNERS.clear()  # one base at a time: planners hold a hollow model
+        _PLANNERS[base_hash] = Planner(loaded.proto, settings.input_shapes)
+    return _PLANNERS[base_hash]

@@ -1,0 +1,192 @@
+"""Sweeps on a Ray cluster (issue 11): a local multi-node cluster on this machine, no network.
+
+Cells spread over nodes; CUDA cells go only to the node that advertises a (logical) GPU, which
+then honestly reports CUDA unavailable; a node removed mid-sweep loses no cell and duplicates
+none; a driver killed with SIGKILL resumes; bad addresses, missing accelerator types and a
+missing Ray give one-line errors; without --ray, Ray is never imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from .conftest import REPO, run_cli
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+QUICK = ["--runs", "2", "--warmup", "0"]
+CUDA = "CUDAExecutionProvider"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and two workers of one CPU each, the last advertising one logical GPU."""
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    made.add_node(num_cpus=1)
+    made.add_node(num_cpus=1, num_gpus=1)
+    made.wait_for_nodes()
+    yield made
+    made.shutdown()
+
+
+def cells(db) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT data FROM sweep_cells").fetchall()
+    return [json.loads(row[0]) for row in rows]
+
+
+def test_cells_spread_over_nodes_and_cuda_goes_to_the_gpu_node(cluster, tmp_path):
+    db = tmp_path / "sweep.db"
+    result = run_cli("sweep", "zoo:resnet-18", "--strategy", "w,dWr", "--flops", "1x,2x",
+                     "--provider", "cpu,cuda", "--input-shape", "input:1x3x64x64", *QUICK,
+                     "--ray", cluster.address, "--db", str(db), "--json", check=True)
+    summary = json.loads(result.stdout)
+    found = cells(db)
+    assert len(found) == summary["done"] + summary["failed"] == 3 * 2  # base + 2 at 2x, 2 EPs
+    cpu = [c for c in found if c["provider"] == "CPUExecutionProvider"]
+    assert all(c["status"] == "ok" and c["p50_ms"] > 0 for c in cpu)
+    assert len({c["node"] for c in cpu}) >= 2, "CPU cells should spread over the nodes"
+    gpu_nodes = [n["NodeID"] for n in ray_nodes(cluster) if n["Resources"].get("GPU")]
+    cuda = [c for c in found if c["provider"] == CUDA]
+    assert cuda and all(c["node"] in gpu_nodes for c in cuda)
+    assert all(c["status"] == "unavailable" and c["reason"] for c in cuda)
+    rerun = json.loads(run_cli("sweep", "zoo:resnet-18", "--strategy", "w,dWr", "--flops",
+                               "1x,2x", "--provider", "cpu,cuda", "--input-shape",
+                               "input:1x3x64x64", *QUICK, "--ray", cluster.address, "--db",
+                               str(db), "--json", check=True).stdout)
+    assert rerun["done"] == 0 and rerun["skipped"] == 6
+
+
+def ray_nodes(cluster) -> list[dict]:
+    script = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
+              "print(json.dumps(ray.nodes()))" % cluster.address)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [n for n in json.loads(out.strip().splitlines()[-1]) if n["Alive"]]
+
+
+def test_a_node_removed_mid_sweep_loses_and_duplicates_no_cell(tmp_path):
+    """A worker is removed once the first cell is stored: its unit (if any) runs again on a
+    node that is left; every cell is stored exactly once, none failed."""
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    worker = made.add_node(num_cpus=1)
+    made.wait_for_nodes()
+    db = tmp_path / "sweep.db"
+    try:
+        args = [sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18", "--strategy",
+                "d,w,dWr", "--flops", "1x,2x", "--input-shape", "input:1x3x64x64", "--runs",
+                "20", "--warmup", "0", "--ray", made.address, "--db", str(db), "--json"]
+        process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        removed = threading.Event()
+
+        def remove_after_first_cell():
+            deadline = time.time() + 240
+            while time.time() < deadline and process.poll() is None:
+                if db.exists() and _count(db) >= 1:
+                    made.remove_node(worker)
+                    removed.set()
+                    return
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=remove_after_first_cell)
+        thread.start()
+        out, err = process.communicate(timeout=600)
+        thread.join()
+        assert process.returncode == 0, err
+        assert removed.is_set()
+        found = cells(db)
+        keys = [(c["strategy"], c["factor"], c["provider"], c["batch"]) for c in found]
+        assert len(keys) == len(set(keys)) == 4  # base + 3 strategies at 2x
+        assert all(c["status"] == "ok" for c in found)
+    finally:
+        made.shutdown()
+
+
+def _count(db) -> int:
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT COUNT(*) FROM sweep_cells").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_driver_killed_with_sigkill_resumes_without_duplicates(tmp_path):
+    """--ray with no address starts a local cluster; the driver is killed once a cell is
+    stored, and the same command finishes the rest."""
+    db = tmp_path / "sweep.db"
+    args = [sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18", "--strategy", "w,dWr",
+            "--flops", "1x,2x,4x", "--input-shape", "input:1x3x64x64", *QUICK, "--ray",
+            "--db", str(db), "--json"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and _count(db) < 1:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first = _count(db)
+    assert 1 <= first < 5
+    result = json.loads(subprocess.run(args, cwd=REPO, capture_output=True, text=True,
+                                       timeout=600, check=True).stdout)
+    assert result["skipped"] == first and result["done"] + first == 5
+    found = cells(db)
+    assert len(found) == 5 and all(c["status"] == "ok" for c in found)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ray", "127.0.0.1:9"], "nothing answers at 127.0.0.1:9"),
+    (["--ray", "ray://127.0.0.1:9"], "nothing answers at 127.0.0.1:9"),
+    (["--ray", "nonsense"], "expected auto, HOST:PORT or ray://HOST:PORT"),
+    (["--each-machine"], "need --ray"),
+])
+def test_bad_addresses_are_one_line_errors(tmp_path, args, message):
+    result = run_cli("sweep", "zoo:resnet-18", "--strategy", "w", "--flops", "2x", *args,
+                     "--db", str(tmp_path / "s.db"))
+    assert result.returncode != 0 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_missing_accelerator_type_is_a_one_line_error(cluster, tmp_path):
+    result = run_cli("sweep", "zoo:resnet-18", "--strategy", "w", "--flops", "2x", "--ray",
+                     cluster.address, "--accelerator-type", "H100", "--db",
+                     str(tmp_path / "s.db"))
+    assert result.returncode == 1 and "--accelerator-type H100: no node" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_ray_not_installed_says_how_to_get_it(tmp_path):
+    blocker = tmp_path / "blocker"
+    (blocker / "ray").mkdir(parents=True)
+    (blocker / "ray" / "__init__.py").write_text("raise ImportError('no ray here')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker))
+    result = subprocess.run([sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18",
+                             "--strategy", "w", "--flops", "2x", "--ray", "--db",
+                             str(tmp_path / "s.db")], cwd=REPO, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 2
+    assert "pip install 'onnxscale[ray]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_local_sweep_never_imports_ray(tmp_path):
+    script = ("import sys; from onnxscale.cli import main\n"
+              "try:\n"
+              "    main(['sweep', 'zoo:resnet-18', '--strategy', 'w', '--flops', '1x', "
+              "'--input-shape', 'input:1x3x32x32', '--runs', '1', '--warmup', '0', '--db', "
+              "%r, '--json'], standalone_mode=False)\n"
+              "finally:\n"
+              "    print('RAY', 'ray' in sys.modules)\n" % str(tmp_path / "s.db"))
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert "RAY False" in result.stdout, result.stderr
