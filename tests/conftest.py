@@ -80,8 +80,61 @@ def local_models() -> dict:
                              nn.MaxPool2d(2), block(64, 128, 1), nn.AdaptiveAvgPool2d(1),
                              nn.Flatten(), nn.Linear(128, 10))
 
+    class ConvBnSiLU(nn.Sequential):
+        def __init__(self, cin, cout, k=1, s=1):
+            super().__init__(nn.Conv2d(cin, cout, k, s, k // 2, bias=False),
+                             nn.BatchNorm2d(cout), nn.SiLU())
+
+    class Bottleneck(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.cv1, self.cv2 = ConvBnSiLU(c, c, 3), ConvBnSiLU(c, c, 3)
+
+        def forward(self, x):
+            return x + self.cv2(self.cv1(x))
+
+    class C2f(nn.Module):
+        """YOLOv8's C2f: split in two, a chain of bottlenecks on one half, every output
+        concatenated."""
+
+        def __init__(self, c, n):
+            super().__init__()
+            self.cv1 = ConvBnSiLU(c, c)
+            self.m = nn.ModuleList(Bottleneck(c // 2) for _ in range(n))
+            self.cv2 = ConvBnSiLU((2 + n) * (c // 2), c)
+
+        def forward(self, x):
+            y = list(self.cv1(x).chunk(2, 1))
+            y.extend(m(y[-1]) for m in self.m)
+            return self.cv2(torch.cat(y, 1))
+
+    class YOLO(nn.Module):
+        """A YOLOv8n-like detector: C2f backbone (stride 32), upsample-and-concat neck, a
+        1x1 head at stride 8 and 16."""
+
+        def __init__(self):
+            super().__init__()
+            self.stem = ConvBnSiLU(3, 16, 3, 2)
+            self.down = nn.ModuleList(ConvBnSiLU(a, b, 3, 2) for a, b in
+                                      ((16, 32), (32, 64), (64, 128), (128, 128)))
+            self.c2f = nn.ModuleList(C2f(c, n) for c, n in ((32, 1), (64, 2), (128, 2),
+                                                             (128, 1)))
+            self.up = C2f(256, 1)
+            self.reduce = ConvBnSiLU(256, 128)
+            self.head8, self.head16 = nn.Conv2d(192, 85, 1), nn.Conv2d(128, 85, 1)
+
+        def forward(self, x):
+            x, feats = self.stem(x), []
+            for down, c2f in zip(self.down, self.c2f):
+                x = c2f(down(x))
+                feats.append(x)
+            p16 = self.reduce(self.up(torch.cat([nn.functional.interpolate(
+                feats[3], scale_factor=2.0), feats[2]], 1)))
+            p8 = torch.cat([nn.functional.interpolate(p16, scale_factor=2.0), feats[1]], 1)
+            return self.head8(p8), self.head16(p16)
+
     return {"crnn": (CRNN, (1, 32, 100)), "fpn": (FPN, (3, 128, 128)),
-            "plain": (plain, (3, 64, 64))}
+            "plain": (plain, (3, 64, 64)), "yolo": (YOLO, (3, 160, 160))}
 
 
 def make_torch_model(name: str):

@@ -164,6 +164,8 @@ def test_instanced_block_with_biases_shared_through_identity(tmp_path):
     ("timm.cspdarknet53", "legacy", [1, 2, 8, 8, 4]),
     ("timm.cs3darknet_s", "legacy", [1, 3, 4, 1]),
     ("timm.cs3darknet_s", "dynamo", [1, 3, 4, 1]),
+    ("local.yolo", "legacy", [1, 2, 2, 1, 1]),   # YOLOv8-like C2f bottlenecks
+    ("local.yolo", "dynamo", [1, 2, 2, 1, 1]),
 ])
 def test_residual_blocks_nested_in_csp_branches(exports, name, exporter, depths):
     """CSP stages run their bottlenecks on one branch: found off the spine, with timm's own

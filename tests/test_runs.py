@@ -46,6 +46,7 @@ EXPORTS = [
     ("timm.res2net50_14w_8s", "legacy", 128),
     ("local.crnn", "legacy", 0), ("local.crnn", "dynamo", 0),
     ("local.fpn", "legacy", 0), ("local.fpn", "dynamo", 0), ("local.plain", "legacy", 0),
+    ("local.yolo", "legacy", 0),
 ]
 # the PaddleOCR models take any size; analyzed (and scaled) at these
 PADDLE_SHAPES = {"det": [1, 3, 320, 320], "rec": [1, 3, 48, 320], "cls": [1, 3, 48, 192]}
