@@ -113,13 +113,26 @@ class ResultStore:
                                          isolation_level=None)
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal()
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._init_schema()
         except sqlite3.DatabaseError as exc:
             raise OnnxscaleError(f"{self.path}: not a usable results database ({exc})") from exc
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def _enable_wal(self) -> None:
+        """Switch to WAL, waiting for other writers: SQLite answers 'database is locked' at
+        once, without its busy handler, when two processes open a new database together."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _init_schema(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
