@@ -15,6 +15,7 @@ the last layers and the channels they fed to ``F``'s readers (not exact).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,7 +165,7 @@ def _reader(graph: Graph, node: onnx.NodeProto, t: str):
         return refuse
     if op in ("Flatten", "Reshape"):
         out = graph.shapes.get(node.output[0])
-        if not (shape and out and len(out) == 2 and math_prod(shape[2:]) == 1
+        if not (shape and out and len(out) == 2 and math.prod(shape[2:]) == 1
                 and out[1] == shape[1]):
             return refuse
         target = graph.small_value(node.input[1]) if op == "Reshape" else None
@@ -176,10 +177,10 @@ def _reader(graph: Graph, node: onnx.NodeProto, t: str):
         dims = graph.shapes.get(node.input[const]) if const is not None else None
         if dims is None or not shape:
             return refuse
-        if math_prod(dims) == 1:
+        if math.prod(dims) == 1:
             return [], True
         axis = len(dims) - (len(shape) - 1)
-        if axis < 0 or dims[axis] != shape[1] or math_prod(dims) != shape[1]:
+        if axis < 0 or dims[axis] != shape[1] or math.prod(dims) != shape[1]:
             return refuse
         return [ChannelEdit(name, const, axis, 1.0 if op in ("Mul", "Div") else 0.0)], True
     if op == "Conv" and node.input[0] == t and _group(node) == 1:
@@ -190,10 +191,6 @@ def _reader(graph: Graph, node: onnx.NodeProto, t: str):
     if op == "MatMul" and node.input[0] == t and weight_of(graph, node.input[1]):
         return [ChannelEdit(name, 1, 0, 0.0)], False
     return refuse
-
-
-def math_prod(dims) -> int:
-    return int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
 
 
 def widened(array, axis: int, count: int, fill: float):
