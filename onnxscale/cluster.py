@@ -35,12 +35,16 @@ from pathlib import Path
 from .bench import model_hash
 from .bench.providers import short_name
 from .errors import OnnxscaleError, UsageError
-from .model import LoadedModel, load_model
+from .model import LoadedModel, from_pieces, load_model, to_pieces
 from .sweep import (BASE, Strategy, Sweep, _figures, failed_cells, make_scaled, time_cells)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 NODE_RETRIES = 3   # a unit whose node dies is tried on this many other nodes of its kind
 NO_RAY = "--ray needs Ray, which is not installed: pip install 'onnxscale[ray]'"
+# A local cluster keeps no idle workers beyond the one that runs units: each idle Ray worker
+# costs about 1.5% of a core, taken from the CPU timings (README: the same for `ray start`).
+QUIET_LOCAL_CLUSTER = {"enable_worker_prestart": False, "prestart_worker_first_driver": False,
+                       "num_workers_soft_limit": 1}
 
 
 @dataclass
@@ -61,7 +65,7 @@ class Unit:
     """What one Ray task does: one scaled model on one node, timed on its pending cells."""
 
     base: str
-    ref: object                   # the base model's bytes in Ray's object store
+    ref: object                   # the base model's pieces (`to_pieces`) in Ray's object store
     strategy: Strategy
     factor: float
     facts: dict
@@ -85,9 +89,11 @@ def connect(address: str):
     ray = import_ray()
     if address not in ("local", "auto"):
         _reachable(address)
+    local = address == "local"
     try:
-        ray.init(address=None if address == "local" else address, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False)
+        ray.init(address=None if local else address, log_to_driver=False,
+                 include_dashboard=False, configure_logging=False,
+                 _system_config=QUIET_LOCAL_CLUSTER if local else None)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = ("start one with 'ray start --head' on this machine, or give its address"
@@ -177,7 +183,7 @@ class RaySweep(Sweep):
         units = []
         for spec in models:
             loaded = load_model(spec, seed=self.settings.seed)
-            ref = self.ray.put(loaded.proto.SerializeToString())
+            ref = self.ray.put(to_pieces(loaded.proto))  # pieces: any size, even > 2 GiB
             base_hash = model_hash(loaded)
             for strategy, factor in jobs:
                 facts = {"base": loaded.source, "base_hash": base_hash,
@@ -307,17 +313,15 @@ def _keyed(pending: list[dict], kind: str) -> list[dict]:
 _PLANNERS: dict[str, object] = {}   # per worker process: the base analyzed once
 
 
-def run_unit(data: bytes, source: str, strategy: Strategy, factor: float, facts: dict,
+def run_unit(pieces: tuple[bytes, list[bytes]], source: str, strategy: Strategy, factor: float, facts: dict,
              pending: list[dict], settings, tolerance: float, node_id: str) -> list[dict]:
     """On a node: plan and write the scaled model, time it on every pending cell, return
     the finished cells (keyed by this machine's fingerprint).  Runs in a Ray worker."""
-    import onnx
-
     from .bench import fingerprint
 
     machine = fingerprint.collect()["id"]
     keys = [key | {"fingerprint": machine} for key in pending]
-    loaded = LoadedModel(onnx.load_from_string(data), source, None)
+    loaded = LoadedModel(from_pieces(*pieces), source, None)
     if factor == 1:
         made, path = facts | _figures(_planner(facts["base_hash"], loaded, settings).base), None
     else:

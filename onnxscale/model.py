@@ -178,6 +178,24 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
     return out
 
 
+def to_pieces(proto: onnx.ModelProto) -> tuple[bytes, list[bytes]]:
+    """The model as pieces that each fit protobuf's 2 GiB limit: the model without its
+    weights, then each initializer.  ``SerializeToString`` of the whole model fails above
+    2 GiB; this is how a model of any size travels (Ray's object store, `cluster`)."""
+    shell = _copy_without(proto, "graph")
+    shell.graph.CopyFrom(_copy_without(proto.graph, "initializer"))
+    return shell.SerializeToString(), [t.SerializeToString() for t in proto.graph.initializer]
+
+
+def from_pieces(shell: bytes, tensors: list[bytes]) -> onnx.ModelProto:
+    """The model `to_pieces` took apart."""
+    proto = onnx.ModelProto()
+    proto.ParseFromString(shell)
+    for data in tensors:
+        proto.graph.initializer.add().ParseFromString(data)
+    return proto
+
+
 _MODEL_GRAPH_FIELD, _GRAPH_INITIALIZER_FIELD = 7, 5  # field numbers in onnx.proto
 
 

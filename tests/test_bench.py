@@ -566,3 +566,19 @@ def test_gpu_tensorrt_caches(tiny, tmp_path):
     assert row["engine_build_ms"] is not None
     assert row["provider_options_effective"]["trt_fp16_enable"] == "1"
     assert any((tmp_path / "cache" / "tensorrt").iterdir())
+
+
+def test_a_machine_name_is_part_of_the_fingerprint_only_when_set(monkeypatch):
+    """$ONNXSCALE_MACHINE tells apart machines the hardware fields cannot (a Ray node, a
+    container with a CPU quota); unset, the id is the one stores already hold."""
+    from onnxscale.bench import fingerprint
+
+    monkeypatch.delenv(fingerprint.MACHINE_NAME_ENV, raising=False)
+    plain = fingerprint.collect()
+    assert "name" not in plain and fingerprint.fingerprint_id(plain) == plain["id"]
+    monkeypatch.setenv(fingerprint.MACHINE_NAME_ENV, " a10-cap150 ")
+    named = fingerprint.collect()
+    assert named["name"] == "a10-cap150" and named["id"] != plain["id"]
+    assert fingerprint.label(named).startswith("a10-cap150 / ")
+    assert {k: v for k, v in named.items() if k not in ("name", "id")} == \
+        {k: v for k, v in plain.items() if k != "id"}

@@ -1,8 +1,9 @@
 """Sweeps on a Ray cluster (issue 11): a local multi-node cluster on this machine, no network.
 
 Cells spread over nodes; CUDA cells go only to the node that advertises a (logical) GPU, which
-then honestly reports CUDA unavailable; a node removed mid-sweep loses no cell and duplicates
-none; a driver killed with SIGKILL resumes; bad addresses, missing accelerator types and a
+then honestly reports CUDA unavailable; --each-machine measures every cell on both machine
+kinds (the GPU node is named apart with $ONNXSCALE_MACHINE) and the report shows them side by
+side; a node removed mid-sweep loses no cell and duplicates none; a driver killed with SIGKILL resumes; bad addresses, missing accelerator types and a
 missing Ray give one-line errors; without --ray, Ray is never imported.
 """
 
@@ -26,14 +27,16 @@ cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 QUICK = ["--runs", "2", "--warmup", "0"]
 CUDA = "CUDAExecutionProvider"
+GPU_BOX = "gpu-box"   # $ONNXSCALE_MACHINE of the GPU node: a second machine kind
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and two workers of one CPU each, the last advertising one logical GPU."""
+    """A head and two workers of one CPU each, the last advertising one logical GPU and
+    named apart, so the cluster has two machine kinds: two plain nodes and the GPU box."""
     made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     made.add_node(num_cpus=1)
-    made.add_node(num_cpus=1, num_gpus=1)
+    made.add_node(num_cpus=1, num_gpus=1, env_vars={"ONNXSCALE_MACHINE": GPU_BOX})
     made.wait_for_nodes()
     yield made
     made.shutdown()
@@ -65,6 +68,34 @@ def test_cells_spread_over_nodes_and_cuda_goes_to_the_gpu_node(cluster, tmp_path
                                "input:1x3x64x64", *QUICK, "--ray", cluster.address, "--db",
                                str(db), "--json", check=True).stdout)
     assert rerun["done"] == 0 and rerun["skipped"] == 6
+
+
+def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_them(
+        cluster, tmp_path):
+    db = tmp_path / "sweep.db"
+    args = ["sweep", "zoo:resnet-18", "--strategy", "w,dWr", "--flops", "1x,2x,4x",
+            "--input-shape", "input:1x3x64x64", *QUICK, "--ray", cluster.address,
+            "--each-machine", "--db", str(db), "--json"]
+    summary = json.loads(run_cli(*args, check=True).stdout)
+    found = cells(db)
+    assert summary["done"] == len(found) == 2 * 5  # base + 2 strategies x 2 factors, per kind
+    assert all(c["status"] == "ok" for c in found)
+    by_kind: dict[str, set] = {}
+    for cell in found:
+        by_kind.setdefault(cell["fingerprint"], set()).add((cell["strategy"], cell["factor"]))
+    assert len(by_kind) == 2 and len(set(map(frozenset, by_kind.values()))) == 1
+    with sqlite3.connect(db) as conn:
+        names = {fid: json.loads(data).get("name") for fid, data in
+                 conn.execute("SELECT id, data FROM fingerprints")}
+    gpu_nodes = [n["NodeID"] for n in ray_nodes(cluster) if n["Resources"].get("GPU")]
+    for cell in found:  # a row's fingerprint is the machine that measured it
+        assert (names[cell["fingerprint"]] == GPU_BOX) == (cell["node"] in gpu_nodes)
+    rerun = json.loads(run_cli(*args, check=True).stdout)
+    assert rerun["done"] == 0 and rerun["skipped"] == 10
+    report = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "report"),
+                                "--json", check=True).stdout)
+    assert len(report["findings"]) == 2
+    assert sum(GPU_BOX in finding for finding in report["findings"]) == 1
 
 
 def ray_nodes(cluster) -> list[dict]:

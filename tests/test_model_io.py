@@ -36,6 +36,18 @@ def test_large_models_get_external_data(tmp_path, monkeypatch):
     onnx.checker.check_model(str(out))
 
 
+def test_pieces_carry_the_whole_model_each_under_its_largest_tensor():
+    """`to_pieces` is how --ray ships a base model of any size: no piece is the whole model
+    (one protobuf cannot pass 2 GiB), and `from_pieces` gives back the same model."""
+    proto = zoo.build("resnet-18")
+    proto.metadata_props.add(key="k", value="v")
+    shell, tensors = model_io.to_pieces(proto)
+    assert len(tensors) == len(proto.graph.initializer)
+    largest = max(t.ByteSize() for t in proto.graph.initializer)
+    assert len(shell) < 100_000 and max(map(len, tensors)) == largest < proto.ByteSize() / 4
+    assert model_io.from_pieces(shell, tensors) == proto
+
+
 def test_never_overwrites_the_input(tmp_path):
     path = tmp_path / "in.onnx"
     model_io.save_model(zoo.build("resnet-18"), path)

@@ -7,6 +7,10 @@ cuDNN and TensorRT library versions when they can be found.  ``id`` hashes the f
 identify the hardware and software (not the host name, which containers change on every start),
 so the same machine gives the same id across runs and results from several machines can be told
 apart in the store.
+
+``$ONNXSCALE_MACHINE`` names a machine, and the name is part of its id: set it where machines
+look alike to the fields above but should be compared apart (containers with different CPU
+quotas, a GPU at another power limit, two nodes of a Ray cluster).  Unset, ids are as before.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from functools import lru_cache
 _ID_FIELDS = ("cpu", "cpu_logical_cores", "cpu_physical_cores", "cpu_usable_cores", "cpu_isa",
               "memory_gb", "os", "ort_version", "ort_package", "ort_build_cuda", "gpus",
               "cuda_runtime", "cudnn", "tensorrt")
+
+MACHINE_NAME_ENV = "ONNXSCALE_MACHINE"
 
 _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
               "amx_bf16", "asimd", "sve")
@@ -231,15 +237,19 @@ def _ort_info() -> dict:
 def fingerprint_id(fingerprint: dict) -> str:
     """A short stable hash of the identifying fields of a fingerprint."""
     ident = {k: fingerprint.get(k) for k in _ID_FIELDS}
+    if fingerprint.get("name"):  # only when set, so unnamed machines keep their ids
+        ident["name"] = fingerprint["name"]
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@lru_cache(maxsize=1)
-def _collect_cached(probe_gpu_libraries: bool) -> str:
+@lru_cache(maxsize=4)
+def _collect_cached(probe_gpu_libraries: bool, name: str) -> str:
     import numpy
 
     fp: dict = {}
+    if name:
+        fp["name"] = name
     fp.update(_cpu_info())
     fp["memory_gb"] = _memory_gb()
     fp["os"] = f"{platform.system()} {platform.release()}"
@@ -263,7 +273,8 @@ def collect(probe_gpu_libraries: bool | None = None) -> dict:
     onnxruntime was built with CUDA (``probe_gpu_libraries`` forces the choice)."""
     if probe_gpu_libraries is None:
         probe_gpu_libraries = bool(shutil.which("nvidia-smi")) or _ort_built_with_cuda()
-    return json.loads(_collect_cached(bool(probe_gpu_libraries)))
+    name = os.environ.get(MACHINE_NAME_ENV, "").strip()
+    return json.loads(_collect_cached(bool(probe_gpu_libraries), name))
 
 
 def _ort_built_with_cuda() -> bool:
@@ -276,8 +287,8 @@ def _ort_built_with_cuda() -> bool:
 
 
 def label(fingerprint: dict) -> str:
-    """A short human label for a machine: host, CPU, GPU."""
-    parts = [fingerprint.get("hostname") or "?"]
+    """A short human label for a machine: its name or host, CPU, GPU."""
+    parts = [fingerprint.get("name") or fingerprint.get("hostname") or "?"]
     cpu = fingerprint.get("cpu") or "cpu"
     parts.append(f"{cpu} x{fingerprint.get('cpu_usable_cores') or '?'}")
     gpus = fingerprint.get("gpus") or []
