@@ -134,9 +134,14 @@ def discover(ray) -> list[Node]:
     probe = ray.remote(num_cpus=0, max_retries=0)(_fingerprint)
     refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n.id, soft=False))
             .remote() for n in nodes]
-    for node, found in zip(nodes, ray.get(refs)):
-        node.fingerprint = found
-    return nodes
+    answered = []
+    for node, ref in zip(nodes, refs):
+        try:
+            node.fingerprint = ray.get(ref)
+        except ray.exceptions.RayError:  # died since ray.nodes() listed it: not a node to use
+            continue
+        answered.append(node)
+    return answered
 
 
 def _fingerprint() -> dict:

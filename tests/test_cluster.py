@@ -117,31 +117,61 @@ def test_a_node_removed_mid_sweep_loses_and_duplicates_no_cell(tmp_path):
         args = [sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18", "--strategy",
                 "d,w,dWr", "--flops", "1x,2x", "--input-shape", "input:1x3x64x64", "--runs",
                 "20", "--warmup", "0", "--ray", made.address, "--db", str(db), "--json"]
-        process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        removed = threading.Event()
-
-        def remove_after_first_cell():
-            deadline = time.time() + 240
-            while time.time() < deadline and process.poll() is None:
-                if db.exists() and _count(db) >= 1:
-                    made.remove_node(worker)
-                    removed.set()
-                    return
-                time.sleep(0.2)
-
-        thread = threading.Thread(target=remove_after_first_cell)
-        thread.start()
-        out, err = process.communicate(timeout=600)
-        thread.join()
-        assert process.returncode == 0, err
-        assert removed.is_set()
+        threading.Thread(target=_remove_after_first_cell, args=(made, worker, db),
+                         daemon=True).start()
+        process = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                                 check=False)
+        assert process.returncode == 0, process.stderr
+        assert worker not in made.list_all_nodes(), "the worker was never removed"
         found = cells(db)
         keys = [(c["strategy"], c["factor"], c["provider"], c["batch"]) for c in found]
         assert len(keys) == len(set(keys)) == 4  # base + 3 strategies at 2x
         assert all(c["status"] == "ok" for c in found)
     finally:
         made.shutdown()
+
+
+def test_a_kind_whose_only_node_dies_gets_its_cells_stored_failed_with_the_reason(tmp_path):
+    """--each-machine over a head and one named worker; the worker is removed once a cell is
+    stored: its unfinished cells are stored failed (no other node of its kind is left),
+    every cell of the head's kind is measured, and no cell is stored twice."""
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    doomed = made.add_node(num_cpus=1, env_vars={"ONNXSCALE_MACHINE": "doomed"})
+    made.wait_for_nodes()
+    db = tmp_path / "sweep.db"
+    try:
+        args = [sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18", "--strategy",
+                "w,dWr", "--flops", "1x,2x", "--input-shape", "input:1x3x64x64", "--runs",
+                "30", "--warmup", "0", "--ray", made.address, "--each-machine", "--db",
+                str(db), "--json"]
+        threading.Thread(target=_remove_after_first_cell, args=(made, doomed, db),
+                         daemon=True).start()
+        process = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                                 check=False)
+        assert process.returncode == 0, process.stderr
+        found = cells(db)
+        keys = [(c["fingerprint"], c["strategy"], c["factor"]) for c in found]
+        assert len(keys) == len(set(keys)) == 2 * 3
+        with sqlite3.connect(db) as conn:
+            names = {fid: json.loads(data).get("name") for fid, data in
+                     conn.execute("SELECT id, data FROM fingerprints")}
+        failed = [c for c in found if c["status"] == "failed"]
+        assert failed and all(names[c["fingerprint"]] == "doomed" for c in failed)
+        assert all("died while measuring and no other node of this machine kind is left"
+                   in c["reason"] for c in failed)
+        assert all(c["status"] == "ok" for c in found if names[c["fingerprint"]] != "doomed")
+    finally:
+        made.shutdown()
+
+
+def _remove_after_first_cell(made, node, db) -> None:
+    """Remove ``node`` from the cluster ``made`` once ``db`` holds a cell."""
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if db.exists() and _count(db) >= 1:
+            made.remove_node(node)
+            return
+        time.sleep(0.2)
 
 
 def _count(db) -> int:
