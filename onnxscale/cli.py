@@ -653,10 +653,11 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
         except KeyboardInterrupt:
             raise OnnxscaleError(f"interrupted: {runner.result.done} cell(s) finished and "
                                  f"saved to {path}; rerun the same command to go on") from None
+        machines = store.fingerprints()
     if as_json:
         print_json({"db": str(path), **result.to_json()})
         return
-    render.print_sweep(result, path)
+    render.print_sweep(result, path, machines=machines)
 
 
 @main.command()

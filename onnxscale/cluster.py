@@ -299,6 +299,8 @@ class RaySweep(Sweep):
 
     def _store(self, cells: list[dict]) -> None:
         for cell in cells:
+            if cell.get("bench"):  # the timing row too, as a local sweep stores it (results)
+                self.store.save(cell["bench"])
             self.store.save_cell(cell)
             if cell["status"] == "failed":
                 self.result.failed += 1

@@ -153,11 +153,16 @@ class sweep_progress:
             self.bar.stop()
 
 
-def print_sweep(result, db_path, console: Console | None = None) -> None:
-    """One row per (model, strategy, factor): complexity ratios and p50 per provider/batch."""
+def print_sweep(result, db_path, console: Console | None = None,
+                machines: dict[str, dict] | None = None) -> None:
+    """One row per (model, strategy, factor): complexity ratios and p50 per provider/batch,
+    and per machine when the cells come from several (``machines``: fingerprints by id)."""
     from .bench.providers import short_name
 
     console = console or Console()
+    several = len({c.get("fingerprint") for c in result.cells}) > 1
+    where = (lambda cell: "\n" + _machine_name(cell.get("fingerprint"), machines or {})) \
+        if several else (lambda cell: "")
     table = Table(title=f"sweep: {result.done} cell(s) measured, {result.skipped} already "
                         f"done, {result.failed} failed", title_justify="left",
                   box=box.SIMPLE_HEAD)
@@ -166,7 +171,7 @@ def print_sweep(result, db_path, console: Console | None = None) -> None:
     for cell in result.cells:
         key = (cell["base"], cell["strategy"], cell["factor"])
         entry = rows.setdefault(key, {"cell": cell, "p50": {}})
-        column = f"{short_name(cell['provider'])} b{cell['batch']}"
+        column = f"{short_name(cell['provider'])} b{cell['batch']}{where(cell)}"
         if column not in columns:
             columns.append(column)
         entry["p50"][column] = (f"{cell['p50_ms']:.2f}" if cell.get("p50_ms") else
@@ -174,7 +179,8 @@ def print_sweep(result, db_path, console: Console | None = None) -> None:
     for name in ("model", "strategy", "factor", "flops", "acts"):
         table.add_column(name, justify="left" if name in ("model", "strategy") else "right")
     for column in columns:
-        table.add_column(f"{column} ms", justify="right")
+        head, _, machine = column.partition("\n")
+        table.add_column(f"{head} ms" + (f"\n{machine}" if machine else ""), justify="right")
     for (base, strategy, factor), entry in rows.items():
         cell = entry["cell"]
         figures = cell.get("base_figures") or {}
@@ -187,6 +193,12 @@ def print_sweep(result, db_path, console: Console | None = None) -> None:
     for reason in dict.fromkeys(c["reason"] for c in failed):
         console.print(f"[dim]failed: {reason}[/]")
     console.print(f"saved to {db_path}")
+
+
+def _machine_name(fid: str | None, machines: dict[str, dict]) -> str:
+    """A column-wide name for a machine: its $ONNXSCALE_MACHINE name or host, and its id."""
+    found = machines.get(fid or "", {})
+    return f"{found.get('name') or found.get('hostname') or '?'} {(fid or '?')[:6]}"
 
 
 def print_zoo(entries: list[dict], console: Console | None = None) -> None:

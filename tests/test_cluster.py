@@ -92,6 +92,9 @@ def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_
         assert (names[cell["fingerprint"]] == GPU_BOX) == (cell["node"] in gpu_nodes)
     rerun = json.loads(run_cli(*args, check=True).stdout)
     assert rerun["done"] == 0 and rerun["skipped"] == 10
+    across = json.loads(run_cli("results", "--db", str(db), "--json", check=True).stdout)
+    assert len(across["results"]) == 10 and len({r["fingerprint"] for r in across["results"]}) == 2
+    assert across["machines"], "results compares one model across the two machines"
     report = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "report"),
                                 "--json", check=True).stdout)
     assert len(report["findings"]) == 2

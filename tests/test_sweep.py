@@ -153,3 +153,29 @@ def test_parse_factors():
     for bad in ("0x", "-1x", "inf", "nanx", "2x,2"):
         with pytest.raises(OnnxscaleError):
             parse_factors(bad)
+
+
+def test_the_sweep_table_has_a_column_per_machine_when_several_measured():
+    """--ray --each-machine measures a cell on every machine kind: the table keeps them
+    apart (one column per provider, batch and machine), named as $ONNXSCALE_MACHINE says."""
+    from rich.console import Console
+
+    from onnxscale import render
+    from onnxscale.sweep import SweepResult
+
+    cell = {"base": "zoo:m", "strategy": "w", "factor": 2.0, "provider":
+            "CPUExecutionProvider", "batch": 1, "status": "ok", "flops": 2.0, "acts": 1.4,
+            "base_figures": {"flops": 1.0, "acts": 1.0}}
+    result = SweepResult(done=2, cells=[cell | {"fingerprint": "aaaaaaaa11", "p50_ms": 3.25},
+                                        cell | {"fingerprint": "bbbbbbbb22", "p50_ms": 7.5}])
+    machines = {"aaaaaaaa11": {"hostname": "head"}, "bbbbbbbb22": {"name": "gpu-box"}}
+    console = Console(width=200, record=True)
+    render.print_sweep(result, "x.db", console, machines=machines)
+    text = console.export_text()
+    assert "head aaaaaa" in text and "gpu-box bbbbbb" in text
+    row = next(line for line in text.splitlines() if "zoo:m" in line)
+    assert "3.25" in row and "7.50" in row  # one row, both machines side by side
+    single = Console(width=200, record=True)
+    render.print_sweep(SweepResult(done=1, cells=result.cells[:1]), "x.db", single,
+                       machines=machines)
+    assert "head" not in single.export_text()
