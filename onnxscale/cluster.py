@@ -89,6 +89,8 @@ def connect(address: str):
     ray = import_ray()
     if address not in ("local", "auto"):
         _reachable(address)
+    if address.startswith("ray://"):
+        _client_installed(address)
     local = address == "local"
     try:
         ray.init(address=None if local else address, log_to_driver=False,
@@ -101,6 +103,15 @@ def connect(address: str):
         raise OnnxscaleError(f"--ray {address}: cannot connect to a Ray cluster ({first}); "
                              f"{hint}") from None
     return ray
+
+
+def _client_installed(address: str) -> None:
+    """Ray's client (``ray://``) needs grpcio, which a minimal ``pip install ray`` lacks."""
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise UsageError(f"--ray {address}: connecting as a client needs Ray's client: pip "
+                         f"install 'ray[client]' (or 'onnxscale[ray]')") from None
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -34,12 +35,21 @@ GPU_BOX = "gpu-box"   # $ONNXSCALE_MACHINE of the GPU node: a second machine kin
 def cluster():
     """A head and two workers of one CPU each, the last advertising one logical GPU and
     named apart, so the cluster has two machine kinds: two plain nodes and the GPU box."""
-    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    port = _free_port()
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "ray_client_server_port": port})
+    made.client_port = port  # where ray:// clients connect
     made.add_node(num_cpus=1)
     made.add_node(num_cpus=1, num_gpus=1, env_vars={"ONNXSCALE_MACHINE": GPU_BOX})
     made.wait_for_nodes()
     yield made
     made.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def cells(db) -> list[dict]:
@@ -99,6 +109,21 @@ def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_
                                 "--json", check=True).stdout)
     assert len(report["findings"]) == 2
     assert sum(GPU_BOX in finding for finding in report["findings"]) == 1
+
+
+def test_a_client_connects_with_ray_url(cluster, tmp_path):
+    """ray://HOST:PORT: the driver is a Ray client outside the cluster (the head's client
+    server); cells are measured on the cluster's nodes and stored here."""
+    port = cluster.client_port
+    db = tmp_path / "sweep.db"
+    summary = json.loads(run_cli(
+        "sweep", "zoo:resnet-18", "--strategy", "w", "--flops", "1x,2x", "--input-shape",
+        "input:1x3x64x64", *QUICK, "--ray", f"ray://127.0.0.1:{port}", "--db", str(db),
+        "--json", check=True).stdout)
+    found = cells(db)
+    assert summary["done"] == len(found) == 2 and all(c["status"] == "ok" for c in found)
+    alive = {n["NodeID"] for n in ray_nodes(cluster)}
+    assert all(c["node"] in alive for c in found)
 
 
 def ray_nodes(cluster) -> list[dict]:
@@ -241,6 +266,22 @@ def test_ray_not_installed_says_how_to_get_it(tmp_path):
     assert result.returncode == 2
     assert "pip install 'onnxscale[ray]'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_client_without_grpc_says_how_to_get_it(cluster, tmp_path):
+    """A minimal `pip install ray` has no client: ray:// says what to install."""
+    blocker = tmp_path / "blocker"
+    (blocker / "grpc").mkdir(parents=True)
+    (blocker / "grpc" / "__init__.py").write_text("raise ImportError('no grpc here')\n")
+    env = dict(os.environ, PYTHONPATH=str(blocker))
+    result = subprocess.run([sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18",
+                             "--strategy", "w", "--flops", "2x", "--ray",
+                             f"ray://127.0.0.1:{cluster.client_port}", "--db",
+                             str(tmp_path / "s.db")], cwd=REPO, capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'ray[client]'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_a_local_sweep_never_imports_ray(tmp_path):
