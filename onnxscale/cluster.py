@@ -27,6 +27,7 @@ Ray is imported only here, and only when ``--ray`` is given (it takes seconds to
 from __future__ import annotations
 
 import itertools
+import logging
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ def connect(address: str):
     if address.startswith("ray://"):
         _client_installed(address)
     local = address == "local"
+    if local:  # a cluster this command starts and stops: Ray's token-auth notice is noise
+        logging.getLogger("ray._private.authentication.authentication_token_setup") \
+            .setLevel(logging.ERROR)
     try:
         ray.init(address=None if local else address, log_to_driver=False,
                  include_dashboard=False, configure_logging=False,
