@@ -13,7 +13,8 @@ Ray schedules; onnxscale only decides what runs where and keeps the books:
   (round robin over those nodes), so a row's machine fingerprint is the machine that
   measured it.
 - **Machine kinds.**  Nodes are grouped by their machine fingerprint (`bench.fingerprint`).
-  By default each cell is measured once, on whichever kind can; ``each_machine`` measures
+  By default each cell is measured once, every cell of a provider class on one kind (so a
+  curve never mixes hardware; `RaySweep._any_kind` says which); ``each_machine`` measures
   every cell on every kind, ``accelerator_types`` (Ray's names: ``H100``, ``A10G``) on every
   kind with one of those GPUs.
 - **One writer.**  Only this driver writes the SQLite store, one committed row per finished
@@ -97,7 +98,8 @@ def connect(address: str):
         logging.getLogger("ray._private.authentication.authentication_token_setup") \
             .setLevel(logging.ERROR)
     try:
-        ray.init(address=None if local else address, log_to_driver=False,
+        # "local" is Ray's own word for a new cluster; None would join one started here
+        ray.init(address=address, log_to_driver=False,
                  include_dashboard=False, configure_logging=False,
                  _system_config=QUIET_LOCAL_CLUSTER if local else None)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
@@ -177,7 +179,7 @@ class RaySweep(Sweep):
         self.each = each_machine or bool(accelerator_types)
         for node in self.nodes:
             self.store.save_fingerprint(node.fingerprint)
-        self._turn = itertools.count()
+        self._turns: dict[tuple, itertools.count] = {}
 
     def _target_kinds(self, each_machine: bool, types: list[str]) -> list[str]:
         kinds = list(dict.fromkeys(n.kind for n in self.nodes))
@@ -245,9 +247,20 @@ class RaySweep(Sweep):
         return pending
 
     def _any_kind(self, gpu: bool) -> str:
-        capable = [n for n in self.nodes if n.gpus or not gpu]
-        chosen = (capable or self.nodes)[next(self._turn) % len(capable or self.nodes)]
-        return chosen.kind
+        """The one machine kind that measures a provider class when not every kind must, so
+        each curve comes from one kind of hardware: for GPU cells the kind with the most
+        GPUs; for CPU cells the kind with the most CPUs among kinds without GPUs (they stay
+        free for GPU cells), else among all.  Units spread over that kind's nodes."""
+        totals: dict[str, list[int]] = {}
+        for node in self.nodes:
+            total = totals.setdefault(node.kind, [0, 0])
+            total[0] += node.gpus
+            total[1] += node.cpus
+        if gpu:
+            ranked = sorted(totals, key=lambda k: -totals[k][0])
+        else:
+            ranked = sorted(totals, key=lambda k: (totals[k][0] > 0, -totals[k][1]))
+        return ranked[0]
 
     # ---- running them -------------------------------------------------------------------------
     def _execute(self, units: list[Unit]) -> None:
@@ -294,7 +307,8 @@ class RaySweep(Sweep):
                  and (n.gpus or not unit.gpu)]
         if not nodes:
             return None
-        return nodes[next(self._turn) % len(nodes)]
+        turn = self._turns.setdefault((unit.kind, unit.gpu), itertools.count())
+        return nodes[next(turn) % len(nodes)]  # round robin per kind and class
 
     def _no_node_reason(self, unit: Unit) -> str:
         if unit.tried:

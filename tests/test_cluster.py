@@ -46,6 +46,15 @@ def cluster():
     made.shutdown()
 
 
+def _named(db, name: str) -> str:
+    """The fingerprint id of the machine named ``name`` ($ONNXSCALE_MACHINE) in ``db``."""
+    with sqlite3.connect(db) as conn:
+        found = [fid for fid, data in conn.execute("SELECT id, data FROM fingerprints")
+                 if json.loads(data).get("name") == name]
+    assert len(found) == 1, f"one machine named {name} expected, found {found}"
+    return found[0]
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -69,6 +78,9 @@ def test_cells_spread_over_nodes_and_cuda_goes_to_the_gpu_node(cluster, tmp_path
     cpu = [c for c in found if c["provider"] == "CPUExecutionProvider"]
     assert all(c["status"] == "ok" and c["p50_ms"] > 0 for c in cpu)
     assert len({c["node"] for c in cpu}) >= 2, "CPU cells should spread over the nodes"
+    gpu_box = _named(db, GPU_BOX)
+    assert len({c["fingerprint"] for c in cpu}) == 1 and cpu[0]["fingerprint"] != gpu_box, \
+        "CPU cells stay on one kind, the one without GPUs: no curve mixes hardware"
     gpu_nodes = [n["NodeID"] for n in ray_nodes(cluster) if n["Resources"].get("GPU")]
     cuda = [c for c in found if c["provider"] == CUDA]
     assert cuda and all(c["node"] in gpu_nodes for c in cuda)
@@ -94,12 +106,10 @@ def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_
     for cell in found:
         by_kind.setdefault(cell["fingerprint"], set()).add((cell["strategy"], cell["factor"]))
     assert len(by_kind) == 2 and len(set(map(frozenset, by_kind.values()))) == 1
-    with sqlite3.connect(db) as conn:
-        names = {fid: json.loads(data).get("name") for fid, data in
-                 conn.execute("SELECT id, data FROM fingerprints")}
+    gpu_box = _named(db, GPU_BOX)
     gpu_nodes = [n["NodeID"] for n in ray_nodes(cluster) if n["Resources"].get("GPU")]
     for cell in found:  # a row's fingerprint is the machine that measured it
-        assert (names[cell["fingerprint"]] == GPU_BOX) == (cell["node"] in gpu_nodes)
+        assert (cell["fingerprint"] == gpu_box) == (cell["node"] in gpu_nodes)
     rerun = json.loads(run_cli(*args, check=True).stdout)
     assert rerun["done"] == 0 and rerun["skipped"] == 10
     across = json.loads(run_cli("results", "--db", str(db), "--json", check=True).stdout)
@@ -109,6 +119,21 @@ def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_
                                 "--json", check=True).stdout)
     assert len(report["findings"]) == 2
     assert sum(GPU_BOX in finding for finding in report["findings"]) == 1
+
+
+def test_ray_without_an_address_starts_its_own_cluster_even_beside_one(cluster, tmp_path):
+    """`--ray` alone starts a new local cluster: it never joins one already running here
+    (Ray's default for no address), even when $RAY_ADDRESS names it."""
+    db = tmp_path / "sweep.db"
+    env = dict(os.environ, RAY_ADDRESS=cluster.address)
+    result = subprocess.run([sys.executable, "-m", "onnxscale", "sweep", "zoo:resnet-18",
+                             "--strategy", "w", "--flops", "2x", "--input-shape",
+                             "input:1x3x64x64", *QUICK, "--ray", "--db", str(db)], cwd=REPO,
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    found = cells(db)
+    existing = {n["NodeID"] for n in ray_nodes(cluster)}
+    assert len(found) == 1 and found[0]["status"] == "ok" and found[0]["node"] not in existing
 
 
 def test_a_client_connects_with_ray_url(cluster, tmp_path):
@@ -180,14 +205,12 @@ def test_a_kind_whose_only_node_dies_gets_its_cells_stored_failed_with_the_reaso
         found = cells(db)
         keys = [(c["fingerprint"], c["strategy"], c["factor"]) for c in found]
         assert len(keys) == len(set(keys)) == 2 * 3
-        with sqlite3.connect(db) as conn:
-            names = {fid: json.loads(data).get("name") for fid, data in
-                     conn.execute("SELECT id, data FROM fingerprints")}
+        doomed_kind = _named(db, "doomed")
         failed = [c for c in found if c["status"] == "failed"]
-        assert failed and all(names[c["fingerprint"]] == "doomed" for c in failed)
+        assert failed and all(c["fingerprint"] == doomed_kind for c in failed)
         assert all("died while measuring and no other node of this machine kind is left"
                    in c["reason"] for c in failed)
-        assert all(c["status"] == "ok" for c in found if names[c["fingerprint"]] != "doomed")
+        assert all(c["status"] == "ok" for c in found if c["fingerprint"] != doomed_kind)
     finally:
         made.shutdown()
 
