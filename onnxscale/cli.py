@@ -700,10 +700,13 @@ def report(db_path, output, model_filter, provider_spec, machine_filter, as_json
     if as_json:
         print_json({"output": str(folder), "files": [str(p) for p in written],
                     "findings": [p["finding"] for p in summary["panels"]],
+                    "machines": [c["finding"] for c in summary["machines_compared"]],
                     "exponents": summary["exponents"]})
         return
     for panel in summary["panels"]:
         click.echo(panel["finding"])
+    for compared in summary["machines_compared"]:
+        click.echo(compared["finding"])
     click.echo(f"report written to {folder}/index.html ({len(written)} files)")
 
 

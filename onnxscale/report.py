@@ -217,6 +217,76 @@ def finding(panel: dict) -> str:
     return text
 
 
+def compare_machines(rows: list[dict], analyzed: list[dict]) -> list[dict]:
+    """The hardware question: per (model, provider, batch) timed on two or more machines,
+    each machine's runtime relative to the first one's (median over the cells both timed,
+    with the range: a wide one means strategies rank differently on the two), the metric
+    its runtime follows, its fastest strategy per factor, and the factors where the
+    machines disagree on the fastest strategy."""
+    timed: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for row in rows:
+        if row["p50_ms"]:
+            timed[(row["model"], row["provider"], row["batch"])] \
+                .setdefault(row["machine"], {})[(row["strategy"], row["flops_factor"])] = \
+                row["p50_ms"]
+    by_panel = {(p["model"], p["provider"], p["machine"], p["batch"]): p for p in analyzed}
+    out = []
+    for (model, provider, batch), by_machine in timed.items():
+        if len(by_machine) < 2:
+            continue
+        reference = next(iter(by_machine))
+        entry = {"model": model, "provider": provider, "batch": batch,
+                 "reference": reference, "machines": []}
+        for machine, cells in by_machine.items():
+            ratios = [cells[k] / by_machine[reference][k] for k in cells
+                      if k in by_machine[reference]]
+            panel = by_panel[(model, provider, machine, batch)]
+            r = {m: v for m, v in panel["correlation"].items() if v is not None}
+            follows = max(r, key=r.get) if r else None
+            entry["machines"].append({
+                "machine": machine, "cells": len(cells),
+                "time_vs_reference": float(np.median(ratios)) if ratios else None,
+                "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+                "follows": follows, "r": r.get(follows) if follows else None,
+                "fastest": {f["flops_factor"]: f["fastest"] for f in panel["fastest"]}})
+        entry["fastest_differs_at"] = _disagreements(entry["machines"])
+        entry["finding"] = machine_finding(entry)
+        out.append(entry)
+    return out
+
+
+def _disagreements(machines: list[dict]) -> list[dict]:
+    """Factors timed on every machine whose fastest strategy is not the same on all."""
+    shared = set.intersection(*(set(m["fastest"]) for m in machines))
+    return [{"flops_factor": f, "fastest": {m["machine"]: m["fastest"][f] for m in machines}}
+            for f in sorted(shared) if len({m["fastest"][f] for m in machines}) > 1]
+
+
+def machine_finding(entry: dict) -> str:
+    """One sentence comparing the machines of a (model, provider, batch)."""
+    machines = entry["machines"]
+    text = (f"{entry['model']} on {entry['provider']} batch {entry['batch']}, "
+            f"{len(machines)} machines:")
+    for m in machines[1:]:
+        if m["time_vs_reference"] is not None:
+            low, high = m["ratio_range"]
+            text += (f" {m['machine']} takes {m['time_vs_reference']:.2f}x the time of "
+                     f"{entry['reference']} ({low:.2f}-{high:.2f}x over the cells);")
+    follows = {m["follows"] for m in machines}
+    text += (f" runtime follows {follows.pop()} on all" if len(follows) == 1 else
+             " runtime follows " + ", ".join(f"{m['follows']} on {m['machine']}"
+                                            for m in machines))
+    differs = entry["fastest_differs_at"]
+    if differs:
+        at = differs[-1]
+        text += (f"; the fastest strategy differs at {len(differs)} factor(s), at "
+                 f"{at['flops_factor']:g}x: " + ", ".join(
+                     f"{s} on {machine}" for machine, s in at["fastest"].items()))
+    else:
+        text += "; the fastest strategy is the same on every machine at every factor"
+    return text
+
+
 def summarize(cells: list[dict], machines: dict[str, str]) -> dict:
     """Everything the report shows: ``rows``, ``exponents``, ``panels`` (each with its
     correlation, fit, fastest and finding), and the same per-panel figures as flat
@@ -231,7 +301,8 @@ def summarize(cells: list[dict], machines: dict[str, str]) -> dict:
             "correlation": [keyed(p) | p["correlation"] for p in analyzed],
             "fit": [keyed(p) | (p["fit"] or {}) for p in analyzed],
             "fastest": [keyed(p) | f for p in analyzed for f in p["fastest"]],
-            "findings": [p["finding"] for p in analyzed], "machines": machines}
+            "findings": [p["finding"] for p in analyzed], "machines": machines,
+            "machines_compared": compare_machines(rows, analyzed)}
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -241,7 +312,7 @@ def write_report(summary: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     plots = {"runtime": _plot_runtime, "complexity": _plot_complexity,
-             "relative": _plot_relative}
+             "relative": _plot_relative, "machines": _plot_machines}
     images = {}
     for name, draw in plots.items():
         figure = draw(summary)
@@ -371,20 +442,55 @@ def _plot_relative(summary: dict):
             ax.plot([p["flops_factor"] for p in points],
                     [p["p50_ms"] / best[p["flops_factor"]] for p in points], "o-",
                     label=strategy, markersize=4)
-        from matplotlib.ticker import FixedLocator, FuncFormatter
-
-        factors = sorted(best)
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_locator(FixedLocator(factors))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
-        ax.set_xlabel("flops factor")
+        _factor_axis(ax, sorted(best))
         ax.set_ylabel("runtime / fastest at that factor")
         ax.set_title(_panel_title(entry), fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _plot_machines(summary: dict):
+    """Per machine after the first: each strategy's runtime over the first machine's, at
+    every factor.  Flat, equal lines: the machines rank strategies alike; crossing lines:
+    the best strategy depends on the hardware."""
+    pairs = [(entry, m) for entry in summary["machines_compared"] for m in entry["machines"][1:]]
+    if not pairs:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 3.8), squeeze=False)
+    for ax, (entry, machine) in zip(axes[0], pairs):
+        key = (entry["model"], entry["provider"], entry["batch"])
+        mine, first = ({(r["strategy"], r["flops_factor"]): r["p50_ms"] for r in summary["rows"]
+                        if r["p50_ms"] and (r["model"], r["provider"], r["batch"]) == key
+                        and r["machine"] == name}
+                       for name in (machine["machine"], entry["reference"]))
+        base = [k for k in mine if k[0] == "base" and k in first]
+        for strategy in ordered({k[0] for k in mine} - {"base"}):
+            points = sorted(k for k in mine if k[0] == strategy and k in first) + base
+            points.sort(key=lambda k: k[1])
+            ax.plot([k[1] for k in points], [mine[k] / first[k] for k in points], "o-",
+                    label=strategy, markersize=4)
+        _factor_axis(ax, sorted({k[1] for k in mine}))
+        ax.set_ylabel("runtime / runtime on the first machine")
+        ax.set_title(f"{entry['model']} · {entry['provider']} · batch {entry['batch']}\n"
+                     f"{machine['machine']}\nover {entry['reference']}", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _factor_axis(ax, factors: list[float]) -> None:
+    """A log2 x axis with a tick at each flops factor, labelled 1x, 2x, ..."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(factors))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("flops factor")
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -422,6 +528,16 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      f"{f['flops_factor']:g}x", f["fastest"], _fmt(f["fastest_ms"], 2),
                      f["slowest"], _fmt(f["slowest_ms"], 2), f"{f['speedup']:.2f}x"]
                     for p in summary["panels"] for f in p["fastest"]]))
+    tables.append(("Machines compared (time relative to the first machine of each group)",
+                   ["model", "provider", "batch", "machine", "cells", "time vs first",
+                    "range", "runtime follows", "fastest per factor"],
+                   [[e["model"], e["provider"], str(e["batch"]), m["machine"], str(m["cells"]),
+                     _fmt(m["time_vs_reference"], 2) + "x",
+                     "-" if not m["ratio_range"] else
+                     f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
+                     f"{m['follows']} (r = {_fmt(m['r'])})",
+                     ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
+                    for e in summary["machines_compared"] for m in e["machines"]]))
     tables.append(("Growth exponents against flops (paper: dWr acts s^0.6, dwr s^0.83)",
                    ["model", "strategy", "acts", "params", "points"],
                    [[e["model"], e["strategy"], _fmt(e["acts"], 2), _fmt(e["params"], 2),
@@ -431,13 +547,15 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
 def _markdown(summary: dict) -> str:
     lines = ["# onnxscale report", ""]
-    lines += [f"- {p['finding']}" for p in summary["panels"]] + [""]
+    lines += [f"- {p['finding']}" for p in summary["panels"]]
+    lines += [f"- {e['finding']}" for e in summary["machines_compared"]] + [""]
     for title, header, rows in _tables(summary):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
-    lines += ["Plots: runtime.png, complexity.png, relative.png (and .svg)", ""]
+    lines += ["Plots: runtime.png, complexity.png, relative.png, machines.png when machines "
+              "are compared (and .svg)", ""]
     return "\n".join(lines)
 
 
@@ -452,12 +570,14 @@ def _html(summary: dict, images: dict[str, Path]) -> str:
              "li{margin:0.3em 0}</style></head><body>",
              "<h1>onnxscale report</h1><h2>Findings</h2><ul>"]
     parts += [f"<li>{e(p['finding'])}</li>" for p in summary["panels"]]
+    parts += [f"<li>{e(c['finding'])}</li>" for c in summary["machines_compared"]]
     parts.append("</ul>")
     captions = {"runtime": "Runtime against flops, params and acts (log-log), one line per "
                            "strategy",
                 "relative": "Runtime relative to the fastest strategy at each flops factor",
                 "complexity": "Activations and parameters against flops, with growth "
-                              "exponents"}
+                              "exponents",
+                "machines": "Runtime on each machine over the first machine's, per strategy"}
     for name, caption in captions.items():
         if name in images:
             data = base64.b64encode(images[name].read_bytes()).decode()

@@ -119,6 +119,7 @@ def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_
                                 "--json", check=True).stdout)
     assert len(report["findings"]) == 2
     assert sum(GPU_BOX in finding for finding in report["findings"]) == 1
+    assert len(report["machines"]) == 1 and "2 machines" in report["machines"][0]
 
 
 def test_ray_without_an_address_starts_its_own_cluster_even_beside_one(cluster, tmp_path):

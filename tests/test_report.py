@@ -128,13 +128,30 @@ def test_report_from_a_stored_sweep(tmp_path):
     assert "runtime follows acts" in result["findings"][0] or \
         "runtime follows acts" in result["findings"][1]
     assert summary["exponents"]["zoo:test w"]["acts"] == pytest.approx(0.5)
+    compared = summary["machines_compared"]  # the hardware question, m2 against m1
+    assert len(compared) == 1 and compared[0]["reference"].endswith("[m1]")
+    m2 = compared[0]["machines"][1]
+    # p50 on m2 / on m1 over the 7 cells: 11/13, 21/25 (d, r at 2x), 41/49 (d, r at 4x),
+    # 21/17.97 and 41/25 (w): median 21/25, range 41/49 .. 41/25
+    assert m2["time_vs_reference"] == pytest.approx(21 / 25)
+    assert m2["ratio_range"] == pytest.approx([41 / 49, 41 / 25])
+    assert [m["follows"] for m in compared[0]["machines"]] == ["acts", "flops"]
+    differs = compared[0]["fastest_differs_at"]  # w on m1; on m2 all tie, the first wins
+    assert [d["flops_factor"] for d in differs] == [2.0, 4.0]
+    assert [set(d["fastest"].values()) for d in differs] == [{"w", "d"}, {"w", "d"}]
+    assert result["machines"] == [compared[0]["finding"]]
+    assert "0.84x the time of" in result["machines"][0]
+    assert "runtime follows acts on" in result["machines"][0]
+    assert "the fastest strategy differs at 2 factor(s)" in result["machines"][0]
+    assert (out / "machines.png").stat().st_size > 10_000
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4 and "Machines compared" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "Test CPU" in page and "| model |" in (out / "summary.md").read_text()
     only = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "m2"),
                               "--machine", "m2", "--json", check=True).stdout)
-    assert len(only["findings"]) == 1
+    assert len(only["findings"]) == 1 and only["machines"] == []
+    assert not (tmp_path / "m2" / "machines.png").exists()
 
 
 @pytest.mark.parametrize("case,message", [("missing", "no results database"),
