@@ -665,8 +665,11 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Folder for the plots, summary.json, summary.md and index.html.")
 @result_filters("base models")
+@click.option("--reference", metavar="ID", help="Machine the others are compared to "
+              "(fingerprint id prefix; default: the first stored).")
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json's findings on stdout.")
-def report(db_path, output, model_filter, provider_spec, machine_filter, as_json) -> None:
+def report(db_path, output, model_filter, provider_spec, machine_filter, reference,
+           as_json) -> None:
     """Analyze stored sweeps: runtime against flops, params and acts per provider and machine.
 
     Writes plots (PNG, SVG), summary.json, summary.md and a self-contained index.html.
@@ -695,7 +698,10 @@ def report(db_path, output, model_filter, provider_spec, machine_filter, as_json
         cells = [c for c in cells if c["provider"] in wanted]
     if not any(c.get("status") == "ok" for c in cells):
         raise OnnxscaleError(f"{path}: no timed sweep cells match; run `onnxscale sweep` first")
-    summary = summarize(cells, machines)
+    if reference and not any(fid.startswith(reference) for fid in machines):
+        raise UsageError(f"--reference {reference}: no stored machine's fingerprint id starts "
+                         f"with it (machines: {', '.join(f[:8] for f in machines) or 'none'})")
+    summary = summarize(cells, machines, reference)
     written = write_report(summary, folder)
     if as_json:
         print_json({"output": str(folder), "files": [str(p) for p in written],

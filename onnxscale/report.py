@@ -217,9 +217,11 @@ def finding(panel: dict) -> str:
     return text
 
 
-def compare_machines(rows: list[dict], analyzed: list[dict]) -> list[dict]:
+def compare_machines(rows: list[dict], analyzed: list[dict],
+                     reference: str | None = None) -> list[dict]:
     """The hardware question: per (model, provider, batch) timed on two or more machines,
-    each machine's runtime relative to the first one's (median over the cells both timed,
+    each machine's runtime relative to the reference one's (the machine whose fingerprint id
+    starts with ``reference``, else the first stored; median over the cells both timed,
     with the range: a wide one means strategies rank differently on the two), the metric
     its runtime follows, its fastest strategy per factor, and the factors where the
     machines disagree on the fastest strategy."""
@@ -230,16 +232,19 @@ def compare_machines(rows: list[dict], analyzed: list[dict]) -> list[dict]:
                 .setdefault(row["machine"], {})[(row["strategy"], row["flops_factor"])] = \
                 row["p50_ms"]
     by_panel = {(p["model"], p["provider"], p["machine"], p["batch"]): p for p in analyzed}
+    ids = {row["machine"]: row["fingerprint"] for row in rows}
     out = []
     for (model, provider, batch), by_machine in timed.items():
         if len(by_machine) < 2:
             continue
-        reference = next(iter(by_machine))
+        first = next((m for m in by_machine if reference and ids[m].startswith(reference)),
+                     next(iter(by_machine)))
+        by_machine = {first: by_machine[first]} | by_machine
         entry = {"model": model, "provider": provider, "batch": batch,
-                 "reference": reference, "machines": []}
+                 "reference": first, "machines": []}
         for machine, cells in by_machine.items():
-            ratios = [cells[k] / by_machine[reference][k] for k in cells
-                      if k in by_machine[reference]]
+            ratios = [cells[k] / by_machine[first][k] for k in cells
+                      if k in by_machine[first]]
             panel = by_panel[(model, provider, machine, batch)]
             r = {m: v for m, v in panel["correlation"].items() if v is not None}
             follows = max(r, key=r.get) if r else None
@@ -287,10 +292,11 @@ def machine_finding(entry: dict) -> str:
     return text
 
 
-def summarize(cells: list[dict], machines: dict[str, str]) -> dict:
+def summarize(cells: list[dict], machines: dict[str, str], reference: str | None = None) -> dict:
     """Everything the report shows: ``rows``, ``exponents``, ``panels`` (each with its
-    correlation, fit, fastest and finding), and the same per-panel figures as flat
-    ``correlation``, ``fit`` and ``fastest`` lists keyed by model, provider, machine, batch."""
+    correlation, fit, fastest and finding), the same per-panel figures as flat
+    ``correlation``, ``fit`` and ``fastest`` lists keyed by model, provider, machine, batch,
+    and ``machines_compared`` against the ``reference`` machine (a fingerprint id prefix)."""
     rows = flat_rows(cells, machines)
     analyzed = analyze_panels(rows)
 
@@ -302,7 +308,7 @@ def summarize(cells: list[dict], machines: dict[str, str]) -> dict:
             "fit": [keyed(p) | (p["fit"] or {}) for p in analyzed],
             "fastest": [keyed(p) | f for p in analyzed for f in p["fastest"]],
             "findings": [p["finding"] for p in analyzed], "machines": machines,
-            "machines_compared": compare_machines(rows, analyzed)}
+            "machines_compared": compare_machines(rows, analyzed, reference)}
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -452,7 +458,7 @@ def _plot_relative(summary: dict):
 
 
 def _plot_machines(summary: dict):
-    """Per machine after the first: each strategy's runtime over the first machine's, at
+    """Per machine after the reference: each strategy's runtime over the reference's, at
     every factor.  Flat, equal lines: the machines rank strategies alike; crossing lines:
     the best strategy depends on the hardware."""
     pairs = [(entry, m) for entry in summary["machines_compared"] for m in entry["machines"][1:]]
@@ -473,7 +479,7 @@ def _plot_machines(summary: dict):
             ax.plot([k[1] for k in points], [mine[k] / first[k] for k in points], "o-",
                     label=strategy, markersize=4)
         _factor_axis(ax, sorted({k[1] for k in mine}))
-        ax.set_ylabel("runtime / runtime on the first machine")
+        ax.set_ylabel("runtime / runtime on the reference machine")
         ax.set_title(f"{entry['model']} · {entry['provider']} · batch {entry['batch']}\n"
                      f"{machine['machine']}\nover {entry['reference']}", fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
@@ -528,7 +534,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      f"{f['flops_factor']:g}x", f["fastest"], _fmt(f["fastest_ms"], 2),
                      f["slowest"], _fmt(f["slowest_ms"], 2), f"{f['speedup']:.2f}x"]
                     for p in summary["panels"] for f in p["fastest"]]))
-    tables.append(("Machines compared (time relative to the first machine of each group)",
+    tables.append(("Machines compared (time relative to the reference, the first of a group)",
                    ["model", "provider", "batch", "machine", "cells", "time vs first",
                     "range", "runtime follows", "fastest per factor"],
                    [[e["model"], e["provider"], str(e["batch"]), m["machine"], str(m["cells"]),

@@ -151,6 +151,12 @@ def test_report_from_a_stored_sweep(tmp_path):
     only = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "m2"),
                               "--machine", "m2", "--json", check=True).stdout)
     assert len(only["findings"]) == 1 and only["machines"] == []
+    against_m2 = json.loads(run_cli("report", "--db", str(db), "-o", str(tmp_path / "r2"),
+                                    "--reference", "m2", "--json", check=True).stdout)
+    assert against_m2["machines"][0].count("takes 1.19x the time of host-m2") == 1  # 25/21
+    wrong = run_cli("report", "--db", str(db), "-o", str(tmp_path / "r3"), "--reference", "zz")
+    assert wrong.returncode == 2 and "--reference zz: no stored machine" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m2" / "machines.png").exists()
 
 
