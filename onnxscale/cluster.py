@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ from .bench import model_hash
 from .bench.providers import short_name
 from .errors import OnnxscaleError, UsageError
 from .model import LoadedModel, from_pieces, load_model, to_pieces
-from .sweep import (BASE, Strategy, Sweep, _figures, failed_cells, make_scaled, time_cells)
+from .sweep import (Strategy, Sweep, _figures, failed_cells, job_facts, make_scaled,
+                    sweep_jobs, time_cells)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 NODE_RETRIES = 3   # a unit whose node dies is tried on this many other nodes of its kind
@@ -197,9 +199,7 @@ class RaySweep(Sweep):
     # ---- planning the units -------------------------------------------------------------------
     def run(self, models: list[str], strategies: list[Strategy],
             factors: list[float]) -> object:
-        jobs = [(s, f) for s in strategies for f in factors if f != 1]
-        if 1 in factors:
-            jobs.insert(0, (Strategy(BASE, {}), 1.0))
+        jobs = sweep_jobs(strategies, factors)
         copies = len(self.kinds) if self.each else 1
         self.total = len(models) * len(jobs) * len(self.providers) * len(self.batches) * copies
         units = []
@@ -208,9 +208,7 @@ class RaySweep(Sweep):
             ref = self.ray.put(to_pieces(loaded.proto))  # pieces: any size, even > 2 GiB
             base_hash = model_hash(loaded)
             for strategy, factor in jobs:
-                facts = {"base": loaded.source, "base_hash": base_hash,
-                         "strategy": strategy.name, "alpha": strategy.alpha, "factor": factor,
-                         "weights": strategy.weights}
+                facts = job_facts(loaded.source, base_hash, strategy, factor)
                 units += self._units(loaded.source, ref, strategy, factor, facts)
         self._execute(units)
         return self.result
@@ -229,21 +227,15 @@ class RaySweep(Sweep):
 
     def _pending_on(self, base_hash, strategy, factor, providers, kind) -> list[dict]:
         """Cells still to do on machine ``kind`` (None: on any kind in the cluster)."""
-        from .sweep import cell_options
-
+        kinds = [kind] if kind else list(dict.fromkeys(n.kind for n in self.nodes))
         pending = []
-        for provider in providers:
-            for batch in self.batches:
-                key = {"base_hash": base_hash, "strategy": strategy.name, "factor": factor,
-                       "provider": provider, "batch": batch,
-                       "options": cell_options(provider, self.settings)}
-                kinds = [kind] if kind else list(dict.fromkeys(n.kind for n in self.nodes))
-                statuses = [self.store.cell_status(key | {"fingerprint": k}) for k in kinds]
-                if any(s == "ok" or (s is not None and not self.retry) for s in statuses):
-                    self.result.skipped += 1
-                    self.handled += 1
-                    continue
-                pending.append(key)
+        for key in self._cell_keys(base_hash, strategy, factor, providers):
+            if any(self._settled(self.store.cell_status(key | {"fingerprint": k}))
+                   for k in kinds):
+                self.result.skipped += 1
+                self.handled += 1
+                continue
+            pending.append(key)
         return pending
 
     def _any_kind(self, gpu: bool) -> str:
@@ -280,7 +272,7 @@ class RaySweep(Sweep):
                     self._store(cells)
                     continue
                 ref = task.options(**self._placement(node, unit)).remote(
-                    unit.ref, unit.base, unit.strategy, unit.factor, unit.facts, unit.pending,
+                    [unit.ref], unit.base, unit.strategy, unit.factor, unit.facts, unit.pending,
                     self.settings, self.tolerance, node.id)
                 running[ref] = (unit, node)
                 self._report(f"{unit.base} {unit.strategy.name} x{unit.factor:g} on "
@@ -346,40 +338,44 @@ def _keyed(pending: list[dict], kind: str) -> list[dict]:
     return [key | {"fingerprint": kind} for key in pending]
 
 
-_PLANNERS: dict[str, object] = {}   # per worker process: the base analyzed once
+_BASES: dict[str, tuple] = {}   # per worker process: the base loaded and analyzed once
 
 
-def run_unit(pieces: tuple[bytes, list[bytes]], source: str, strategy: Strategy, factor: float, facts: dict,
+def run_unit(base: list, source: str, strategy: Strategy, factor: float, facts: dict,
              pending: list[dict], settings, tolerance: float, node_id: str) -> list[dict]:
     """On a node: plan and write the scaled model, time it on every pending cell, return
-    the finished cells (keyed by this machine's fingerprint).  Runs in a Ray worker."""
+    the finished cells (keyed by this machine's fingerprint).  Runs in a Ray worker.
+
+    ``base`` holds the reference to the base model's pieces, in a list so that Ray does not
+    fetch and deserialize it for every unit: a worker does that once per base model."""
     from .bench import fingerprint
 
     machine = fingerprint.collect()["id"]
     keys = [key | {"fingerprint": machine} for key in pending]
-    loaded = LoadedModel(from_pieces(*pieces), source, None)
+    loaded, planner = _base(facts["base_hash"], base[0], source, settings)
     if factor == 1:
-        made, path = facts | _figures(_planner(facts["base_hash"], loaded, settings).base), None
+        made, path = facts | _figures(planner.base), None
     else:
         try:
-            made, path = make_scaled(loaded, _planner(facts["base_hash"], loaded, settings),
-                                     strategy, factor, facts, settings, tolerance,
-                                     Path(tempfile.mkdtemp(prefix="onnxscale-sweep.")))
+            made, path = make_scaled(loaded, planner, strategy, factor, facts, settings,
+                                     tolerance, Path(tempfile.mkdtemp(prefix="onnxscale-sweep.")))
         except OnnxscaleError as exc:
             return failed_cells(keys, facts | {"node": node_id}, str(exc))
     try:
         return list(time_cells(loaded, path, keys, made | {"node": node_id}, settings))
     finally:
         if path is not None:
-            import shutil
-
             shutil.rmtree(path.parent, ignore_errors=True)
 
 
-def _planner(base_hash: str, loaded: LoadedModel, settings):
-    from .scaling.pipeline import Planner
+def _base(base_hash: str, ref, source: str, settings) -> tuple[LoadedModel, object]:
+    """The base model and its `Planner`, fetched and built once per worker and base."""
+    if base_hash not in _BASES:
+        import ray
 
-    if base_hash not in _PLANNERS:
-        _PLANNERS.clear()  # one base at a time: planners hold a hollow model
-        _PLANNERS[base_hash] = Planner(loaded.proto, settings.input_shapes)
-    return _PLANNERS[base_hash]
+        from .scaling.pipeline import Planner
+
+        _BASES.clear()  # one base at a time: each holds a model and a hollow copy
+        loaded = LoadedModel(from_pieces(*ray.get(ref)), source, None)
+        _BASES[base_hash] = (loaded, Planner(loaded.proto, settings.input_shapes))
+    return _BASES[base_hash]

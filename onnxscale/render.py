@@ -161,25 +161,23 @@ def print_sweep(result, db_path, console: Console | None = None,
 
     console = console or Console()
     several = len({c.get("fingerprint") for c in result.cells}) > 1
-    where = (lambda cell: "\n" + _machine_name(cell.get("fingerprint"), machines or {})) \
-        if several else (lambda cell: "")
     table = Table(title=f"sweep: {result.done} cell(s) measured, {result.skipped} already "
                         f"done, {result.failed} failed", title_justify="left",
                   box=box.SIMPLE_HEAD)
-    columns: list[str] = []
+    columns: list[tuple[str, str]] = []   # (provider and batch, machine or "")
     rows: dict[tuple, dict] = {}
     for cell in result.cells:
         key = (cell["base"], cell["strategy"], cell["factor"])
         entry = rows.setdefault(key, {"cell": cell, "p50": {}})
-        column = f"{short_name(cell['provider'])} b{cell['batch']}{where(cell)}"
+        column = (f"{short_name(cell['provider'])} b{cell['batch']}",
+                  _machine_name(cell.get("fingerprint"), machines or {}) if several else "")
         if column not in columns:
             columns.append(column)
         entry["p50"][column] = (f"{cell['p50_ms']:.2f}" if cell.get("p50_ms") else
                                 cell["status"])
     for name in ("model", "strategy", "factor", "flops", "acts"):
         table.add_column(name, justify="left" if name in ("model", "strategy") else "right")
-    for column in columns:
-        head, _, machine = column.partition("\n")
+    for head, machine in columns:
         table.add_column(f"{head} ms" + (f"\n{machine}" if machine else ""), justify="right")
     for (base, strategy, factor), entry in rows.items():
         cell = entry["cell"]

@@ -203,9 +203,9 @@ def finding(panel: dict) -> str:
     """One plain-language sentence from the numbers of a panel."""
     where = f"on {panel['provider']} ({panel['machine']}), {panel['model']} batch {panel['batch']}"
     r = {m: v for m, v in panel["correlation"].items() if v is not None}
-    if not r:
+    top = follows(panel["correlation"])
+    if top is None:
         return f"{where}: too few timed cells to correlate"
-    top = max(r, key=r.get)
     other = "acts" if top != "acts" else "flops"  # the paper's question: flops or acts?
     text = f"{where}: runtime follows {top} (r = {r[top]:.3f})"
     if other in r:
@@ -215,6 +215,12 @@ def finding(panel: dict) -> str:
         text += (f"; at {top['flops_factor']:g}x flops {top['fastest']} is fastest, "
                  f"{top['speedup']:.2f}x faster than {top['slowest']}")
     return text
+
+
+def follows(correlation: dict) -> str | None:
+    """The metric runtime follows best (highest r), None when none could be correlated."""
+    r = {m: v for m, v in correlation.items() if v is not None}
+    return max(r, key=r.get) if r else None
 
 
 def compare_machines(rows: list[dict], analyzed: list[dict],
@@ -243,16 +249,17 @@ def compare_machines(rows: list[dict], analyzed: list[dict],
         entry = {"model": model, "provider": provider, "batch": batch,
                  "reference": first, "machines": []}
         for machine, cells in by_machine.items():
-            ratios = [cells[k] / by_machine[first][k] for k in cells
-                      if k in by_machine[first]]
+            ratio = {k: cells[k] / by_machine[first][k] for k in cells if k in by_machine[first]}
+            ratios = list(ratio.values())
             panel = by_panel[(model, provider, machine, batch)]
-            r = {m: v for m, v in panel["correlation"].items() if v is not None}
-            follows = max(r, key=r.get) if r else None
+            metric = follows(panel["correlation"])
             entry["machines"].append({
                 "machine": machine, "cells": len(cells),
                 "time_vs_reference": float(np.median(ratios)) if ratios else None,
                 "ratio_range": [min(ratios), max(ratios)] if ratios else None,
-                "follows": follows, "r": r.get(follows) if follows else None,
+                "ratios": [{"strategy": s, "flops_factor": f, "ratio": v}
+                           for (s, f), v in sorted(ratio.items(), key=lambda i: i[0][1])],
+                "follows": metric, "r": panel["correlation"].get(metric),
                 "fastest": {f["flops_factor"]: f["fastest"] for f in panel["fastest"]}})
         entry["fastest_differs_at"] = _disagreements(entry["machines"])
         entry["finding"] = machine_finding(entry)
@@ -467,18 +474,14 @@ def _plot_machines(summary: dict):
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(pairs), figsize=(5.5 * len(pairs), 3.8), squeeze=False)
     for ax, (entry, machine) in zip(axes[0], pairs):
-        key = (entry["model"], entry["provider"], entry["batch"])
-        mine, first = ({(r["strategy"], r["flops_factor"]): r["p50_ms"] for r in summary["rows"]
-                        if r["p50_ms"] and (r["model"], r["provider"], r["batch"]) == key
-                        and r["machine"] == name}
-                       for name in (machine["machine"], entry["reference"]))
-        base = [k for k in mine if k[0] == "base" and k in first]
-        for strategy in ordered({k[0] for k in mine} - {"base"}):
-            points = sorted(k for k in mine if k[0] == strategy and k in first) + base
-            points.sort(key=lambda k: k[1])
-            ax.plot([k[1] for k in points], [mine[k] / first[k] for k in points], "o-",
+        points = machine["ratios"]  # by factor; the base (factor 1) starts every curve
+        base = [p for p in points if p["strategy"] == "base"]
+        for strategy in ordered({p["strategy"] for p in points} - {"base"}):
+            curve = sorted(base + [p for p in points if p["strategy"] == strategy],
+                           key=lambda p: p["flops_factor"])
+            ax.plot([p["flops_factor"] for p in curve], [p["ratio"] for p in curve], "o-",
                     label=strategy, markersize=4)
-        _factor_axis(ax, sorted({k[1] for k in mine}))
+        _factor_axis(ax, sorted({p["flops_factor"] for p in points}))
         ax.set_ylabel("runtime / runtime on the reference machine")
         ax.set_title(f"{entry['model']} · {entry['provider']} · batch {entry['batch']}\n"
                      f"{machine['machine']}\nover {entry['reference']}", fontsize=8)

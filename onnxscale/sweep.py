@@ -108,9 +108,7 @@ class Sweep:
 
     def run(self, models: list[str], strategies: list[Strategy],
             factors: list[float]) -> SweepResult:
-        jobs = [(s, f) for s in strategies for f in factors if f != 1]
-        if 1 in factors:
-            jobs.insert(0, (Strategy(BASE, {}), 1.0))
+        jobs = sweep_jobs(strategies, factors)
         per_job = len(self.providers) * len(self.batches)
         self.total = len(models) * len(jobs) * per_job
         for spec in models:
@@ -132,8 +130,7 @@ class Sweep:
                 continue
             label = f"{loaded.source} {strategy.name} x{factor:g}"
             self._report(f"{label}: scaling")
-            facts = {"base": loaded.source, "base_hash": base_hash, "strategy": strategy.name,
-                     "alpha": strategy.alpha, "factor": factor, "weights": strategy.weights}
+            facts = job_facts(loaded.source, base_hash, strategy, factor)
             if factor == 1:
                 made, path = facts | _figures(planner.base), None
             else:
@@ -150,18 +147,22 @@ class Sweep:
 
     def _pending(self, base_hash: str, strategy: Strategy, factor: float) -> list[dict]:
         """The cells of one (strategy, factor) still to do, as store keys."""
-        pending = []
-        for provider in self.providers:
-            for batch in self.batches:
-                key = {"base_hash": base_hash, "strategy": strategy.name, "factor": factor,
-                       "provider": provider, "batch": batch,
-                       "options": cell_options(provider, self.settings),
-                       "fingerprint": self.fingerprint["id"]}
-                status = self.store.cell_status(key)
-                if status == "ok" or (status is not None and not self.retry):
-                    continue  # failed and unavailable cells wait for --retry-failed
-                pending.append(key)
-        return pending
+        machine = {"fingerprint": self.fingerprint["id"]}
+        return [key | machine
+                for key in self._cell_keys(base_hash, strategy, factor, self.providers)
+                if not self._settled(self.store.cell_status(key | machine))]
+
+    def _cell_keys(self, base_hash: str, strategy: Strategy, factor: float,
+                   providers: list[str]) -> list[dict]:
+        """Store keys of one (strategy, factor) on ``providers`` x batches, machine left out."""
+        return [{"base_hash": base_hash, "strategy": strategy.name, "factor": factor,
+                 "provider": provider, "batch": batch,
+                 "options": cell_options(provider, self.settings)}
+                for provider in providers for batch in self.batches]
+
+    def _settled(self, status: str | None) -> bool:
+        """Done: ok, or failed/unavailable and not --retry-failed (they wait for it)."""
+        return status == "ok" or (status is not None and not self.retry)
 
     def _make(self, loaded: LoadedModel, planner, strategy: Strategy, factor: float,
               facts: dict) -> tuple[dict, Path]:
@@ -190,6 +191,20 @@ class Sweep:
     def _report(self, what: str) -> None:
         if self.progress is not None:
             self.progress(self.handled, self.total, what)
+
+
+def sweep_jobs(strategies: list[Strategy], factors: list[float]) -> list[tuple[Strategy, float]]:
+    """Every (strategy, factor) to make; factor 1, the base, once and first."""
+    jobs = [(s, f) for s in strategies for f in factors if f != 1]
+    if 1 in factors:
+        jobs.insert(0, (Strategy(BASE, {}), 1.0))
+    return jobs
+
+
+def job_facts(source: str, base_hash: str, strategy: Strategy, factor: float) -> dict:
+    """What every cell of one (strategy, factor) stores about how it was made."""
+    return {"base": source, "base_hash": base_hash, "strategy": strategy.name,
+            "alpha": strategy.alpha, "factor": factor, "weights": strategy.weights}
 
 
 def make_scaled(loaded: LoadedModel, planner, strategy: Strategy, factor: float, facts: dict,

@@ -3,8 +3,8 @@
 Cells spread over nodes; CUDA cells go only to the node that advertises a (logical) GPU, which
 then honestly reports CUDA unavailable; --each-machine measures every cell on both machine
 kinds (the GPU node is named apart with $ONNXSCALE_MACHINE) and the report shows them side by
-side; a node removed mid-sweep loses no cell and duplicates none; a driver killed with SIGKILL resumes; bad addresses, missing accelerator types and a
-missing Ray give one-line errors; without --ray, Ray is never imported.
+side; a node removed mid-sweep loses no cell and duplicates none; a driver killed with SIGKILL
+resumes; bad addresses, missing accelerator types and a missing Ray give one-line errors; without --ray, Ray is never imported.
 """
 
 from __future__ import annotations
