@@ -32,6 +32,7 @@ import logging
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,10 +101,7 @@ def connect(address: str):
         logging.getLogger("ray._private.authentication.authentication_token_setup") \
             .setLevel(logging.ERROR)
     try:
-        # "local" is Ray's own word for a new cluster; None would join one started here
-        ray.init(address=address, log_to_driver=False,
-                 include_dashboard=False, configure_logging=False,
-                 _system_config=QUIET_LOCAL_CLUSTER if local else None)
+        _init(ray, address, QUIET_LOCAL_CLUSTER if local else None)
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, ...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         hint = ("start one with 'ray start --head' on this machine, or give its address"
@@ -111,6 +109,23 @@ def connect(address: str):
         raise OnnxscaleError(f"--ray {address}: cannot connect to a Ray cluster ({first}); "
                              f"{hint}") from None
     return ray
+
+
+def _init(ray, address: str, system_config: dict | None, client_tries: int = 3) -> None:
+    """``ray.init``; a client (``ray://``) tries again: the head's client server starts a
+    server per client, and on a busy head that start fails now and then ("Initialization
+    failure from server") while the next try works."""
+    for attempt in range(client_tries if address.startswith("ray://") else 1):
+        try:
+            # "local" is Ray's own word for a new cluster; None would join one started here
+            ray.init(address=address, log_to_driver=False, include_dashboard=False,
+                     configure_logging=False, _system_config=system_config)
+            return
+        except ConnectionError:
+            if attempt + 1 >= client_tries or not address.startswith("ray://"):
+                raise
+            ray.shutdown()  # what the failed try left, so the next one starts clean
+            time.sleep(2.0)
 
 
 def _client_installed(address: str) -> None:

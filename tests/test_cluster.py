@@ -292,6 +292,36 @@ def test_ray_not_installed_says_how_to_get_it(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_client_tries_again_when_the_head_fails_to_start_its_server(monkeypatch):
+    """The head's client server fails to start a client's server now and then on a busy
+    machine ("Initialization failure from server", seen here): ray:// tries again; other
+    addresses do not, and the last failure is raised."""
+    from onnxscale import cluster as cluster_mod
+
+    class FlakyRay:
+        def __init__(self, failures):
+            self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+        def init(self, **kwargs):
+            self.inits += 1
+            if self.inits <= self.failures:
+                raise ConnectionAbortedError("Initialization failure from server:")
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    monkeypatch.setattr(cluster_mod.time, "sleep", lambda seconds: None)
+    flaky = FlakyRay(failures=2)
+    cluster_mod._init(flaky, "ray://head:10001", None)
+    assert (flaky.inits, flaky.shutdowns) == (3, 2)
+    with pytest.raises(ConnectionAbortedError):
+        cluster_mod._init(FlakyRay(failures=3), "ray://head:10001", None)
+    once = FlakyRay(failures=1)
+    with pytest.raises(ConnectionAbortedError):
+        cluster_mod._init(once, "head:6379", None)
+    assert once.inits == 1
+
+
 def test_a_client_without_grpc_says_how_to_get_it(cluster, tmp_path):
     """A minimal `pip install ray` has no client: ray:// says what to install."""
     blocker = tmp_path / "blocker"
