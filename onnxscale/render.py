@@ -190,6 +190,8 @@ def print_sweep(result, db_path, console: Console | None = None,
     failed = [c for c in result.cells if c["status"] == "failed"]
     for reason in dict.fromkeys(c["reason"] for c in failed):
         console.print(f"[dim]failed: {reason}[/]")
+    for note in result.notes:
+        console.print(f"[dim]note: {note}[/]")
     console.print(f"saved to {db_path}")
 
 

@@ -50,10 +50,11 @@ class SweepResult:
     skipped: int = 0
     failed: int = 0
     cells: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what the user should know of the run
 
     def to_json(self) -> dict:
         return {"done": self.done, "skipped": self.skipped, "failed": self.failed,
-                "cells": self.cells}
+                "cells": self.cells, "notes": self.notes}
 
 
 ProgressFn = Callable[[int, int, str], None]

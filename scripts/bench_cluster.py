@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -39,6 +40,16 @@ def sweep(db: Path, runs: int, ray: bool) -> tuple[float, dict]:
                   if c["status"] == "ok"}
 
 
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests so far (Linux /proc/stat), all cores
+    together: a round that lost much of it was disturbed from outside."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def order(rounds: int) -> list[bool]:
     """A B B A per two rounds (False: local, True: --ray): linear drift cancels."""
     return [ray for pair in range(rounds // 2 + rounds % 2)
@@ -52,14 +63,21 @@ def main() -> None:
     args = parser.parse_args()
     walls: dict[bool, list[float]] = {False: [], True: []}
     p50s: dict[bool, dict] = {False: {}, True: {}}
+    first: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         for index, ray in enumerate(order(args.rounds)):
+            stolen = steal_seconds()
             wall, cells = sweep(Path(folder) / f"{index}.db", args.runs, ray)
+            stolen = steal_seconds() - stolen if stolen is not None else None
             walls[ray].append(wall)
             for key, p50 in cells.items():
                 p50s[ray].setdefault(key, []).append(p50)
+            first = first or cells
+            drift = statistics.median(cells[k] / first[k] for k in cells if k in first)
             print(f"round {index + 1}: {'--ray' if ray else 'local'} {wall:.1f} s, "
-                  f"{len(cells)} cells", flush=True)
+                  f"{len(cells)} cells, p50 / round 1's: median {drift:.3f}"
+                  + (f", hypervisor stole {stolen / wall:.1%} of a core"
+                     if stolen is not None else ""), flush=True)
     local = {k: statistics.median(v) for k, v in p50s[False].items()}
     remote = {k: statistics.median(v) for k, v in p50s[True].items()}
     common = sorted(set(local) & set(remote))
@@ -70,6 +88,18 @@ def main() -> None:
           f"ratio {ray_wall / local_wall:.2f} (target <= 1.3)")
     print(f"p50 ratio (ray / local) per cell: median {statistics.median(ratios):.3f}, "
           f"min {min(ratios):.3f}, max {max(ratios):.3f} (target: median within 5%)")
+    for ray in (False, True):  # the machine's own noise: one executor against itself
+        repeat = noise_floor(p50s[ray])
+        if repeat is not None:
+            print(f"noise floor, {'--ray' if ray else 'local'} against itself (its last run / "
+                  f"its first, per cell): median {repeat:.3f}")
+
+
+def noise_floor(p50s: dict) -> float | None:
+    """Median over cells of (last run's p50 / first run's p50): how far the same executor
+    moves between its own runs on this machine, the yardstick for the ray / local ratio."""
+    ratios = [values[-1] / values[0] for values in p50s.values() if len(values) > 1]
+    return statistics.median(ratios) if ratios else None
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Cells spread over nodes; CUDA cells go only to the node that advertises a (logic
 then honestly reports CUDA unavailable; --each-machine measures every cell on both machine
 kinds (the GPU node is named apart with $ONNXSCALE_MACHINE) and the report shows them side by
 side; a node removed mid-sweep loses no cell and duplicates none; a driver killed with SIGKILL
-resumes; bad addresses, missing accelerator types and a missing Ray give one-line errors; without --ray, Ray is never imported.
+resumes; units time at nice 0 (Ray starts its workers at 15) and a niced node is named; bad
+addresses, missing accelerator types and a missing Ray give one-line errors; without --ray,
+Ray is never imported.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ def test_cells_spread_over_nodes_and_cuda_goes_to_the_gpu_node(cluster, tmp_path
     cuda = [c for c in found if c["provider"] == CUDA]
     assert cuda and all(c["node"] in gpu_nodes for c in cuda)
     assert all(c["status"] == "unavailable" and c["reason"] for c in cuda)
+    assert all(c["nice"] == 0 for c in found) and not summary["notes"], \
+        "units time at nice 0, not at the nice 15 Ray gives its workers"
     rerun = json.loads(run_cli("sweep", "zoo:resnet-18", "--strategy", "w,dWr", "--flops",
                                "1x,2x", "--provider", "cpu,cuda", "--input-shape",
                                "input:1x3x64x64", *QUICK, "--ray", cluster.address, "--db",
@@ -135,6 +139,7 @@ def test_ray_without_an_address_starts_its_own_cluster_even_beside_one(cluster, 
     found = cells(db)
     existing = {n["NodeID"] for n in ray_nodes(cluster)}
     assert len(found) == 1 and found[0]["status"] == "ok" and found[0]["node"] not in existing
+    assert found[0]["nice"] == 0
 
 
 def test_a_client_connects_with_ray_url(cluster, tmp_path):
@@ -158,6 +163,26 @@ def ray_nodes(cluster) -> list[dict]:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     return [n for n in json.loads(out.strip().splitlines()[-1]) if n["Alive"]]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renices through /proc")
+def test_a_node_whose_ray_runs_niced_is_named_in_a_note(tmp_path):
+    """Workers inherit their raylet's niceness (RAY_worker_niceness=0 only stops Ray adding
+    15 to it): a cell timed niced stores its niceness and the sweep names the node."""
+    made = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    db = tmp_path / "sweep.db"
+    try:
+        raylet = made.head_node.all_processes["raylet"][0].process.pid
+        for thread in os.listdir(f"/proc/{raylet}/task"):  # Linux nices threads one by one
+            os.setpriority(os.PRIO_PROCESS, int(thread), 5)
+        summary = json.loads(run_cli(
+            "sweep", "zoo:resnet-18", "--strategy", "w", "--flops", "2x", "--input-shape",
+            "input:1x3x64x64", *QUICK, "--ray", made.address, "--db", str(db), "--json",
+            check=True).stdout)
+        assert [c["nice"] for c in cells(db)] == [5]
+        assert len(summary["notes"]) == 1 and "at nice 5" in summary["notes"][0]
+    finally:
+        made.shutdown()
 
 
 def test_a_node_removed_mid_sweep_loses_and_duplicates_no_cell(tmp_path):

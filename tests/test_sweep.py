@@ -176,6 +176,7 @@ def test_the_sweep_table_has_a_column_per_machine_when_several_measured():
     row = next(line for line in text.splitlines() if "zoo:m" in line)
     assert "3.25" in row and "7.50" in row  # one row, both machines side by side
     single = Console(width=200, record=True)
-    render.print_sweep(SweepResult(done=1, cells=result.cells[:1]), "x.db", single,
-                       machines=machines)
-    assert "head" not in single.export_text()
+    render.print_sweep(SweepResult(done=1, cells=result.cells[:1], notes=["timed niced"]),
+                       "x.db", single, machines=machines)
+    shown = single.export_text()
+    assert "head" not in shown and "note: timed niced" in shown
