@@ -10,7 +10,10 @@ model's 32-pixel grid).
 
 This machine drifts by several percent over minutes, so the two executors run interleaved,
 A B B A (``--rounds 2``; A B B A A B B A with 4), and each cell's p50 is the median over its
-rounds.  The wall time of ``--ray`` includes importing Ray and starting the local cluster.
+rounds.  Each round prints its median p50 against round 1's and the CPU the hypervisor stole
+meanwhile; at the end each executor is set against itself (its last run over its first), the
+noise floor the ray / local ratio should be read against.  The wall time of ``--ray``
+includes importing Ray and starting the local cluster.
 """
 
 from __future__ import annotations
