@@ -266,5 +266,23 @@ def declared_dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
     return dims
 
 
+def with_input_dims(proto: onnx.ModelProto, new_dims: dict[str, list[int]]) -> onnx.ModelProto:
+    """A copy of ``proto`` whose named inputs have ``new_dims``; stale shapes forgotten."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for value in out.graph.input:
+        if value.name in new_dims:
+            shape = value.type.tensor_type.shape
+            del shape.dim[:]
+            for d in new_dims[value.name]:
+                shape.dim.add().dim_value = int(d)
+    del out.graph.value_info[:]
+    for value in out.graph.output:
+        if value.type.tensor_type.HasField("shape"):
+            for dim in value.type.tensor_type.shape.dim:
+                dim.Clear()
+    return out
+
+
 def format_dims(dims) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"

@@ -245,6 +245,21 @@ def test_scale_resolution_cli_json(tmp_path):
     Graph(onnx.load(out), {"input": [2, 3, 336, 336]})
 
 
+def test_input_shape_over_fixed_dims_is_what_the_written_model_declares(tmp_path):
+    """zoo:resnet-18 declares 1x3x224x224: scaled at --input-shape 96x96, the file declares
+    96x96 (the size its figures are for), the width edit stays exact and --verify runs the
+    base at 96 too (it stopped with an ORT error on the base's fixed 224)."""
+    out = tmp_path / "r18-w2-96.onnx"
+    data = json.loads(run_cli("scale", "zoo:resnet-18", "--input-shape", "input:1x3x96x96",
+                              "--width", "2", "--verify", "--json", "-o", str(out),
+                              check=True).stdout)
+    assert data["scaled"]["inputs"] == {"input": [1, 3, 96, 96]} and data["exact"]
+    assert data["verified_rel_l2"] < 1e-5
+    assert declared_dims(onnx.load(out).graph.input[0]) == [1, 3, 96, 96]
+    logits = ort_run(out, {"input": np.zeros((1, 3, 96, 96), np.float32)})[0]
+    assert logits.shape == (1, 1000)
+
+
 # ---- sizes the model accepts (issue 9) ----------------------------------------------------------
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])

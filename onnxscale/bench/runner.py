@@ -42,7 +42,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import OnnxscaleError, UsageError
-from ..graph import declared_dims, format_dims, name_overrides
+from ..graph import declared_dims, format_dims, name_overrides, with_input_dims
 from . import providers as P
 
 # -- settings ------------------------------------------------------------------------------------
@@ -234,31 +234,13 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
     batch_outputs: list[str] = []
     fed = proto
     if rewrite:
-        fed = _rewrite_input_dims(proto, rewrite)
+        fed = with_input_dims(proto, rewrite)
         if fixed_batch is not None and batch != fixed_batch:
             for out in proto.graph.output:
                 d = declared_dims(out)
                 if d and d[0] == fixed_batch:
                     batch_outputs.append(out.name)
     return PreparedModel(fed, specs, int(batch), bool(rewrite), batch_outputs)
-
-
-def _rewrite_input_dims(proto: onnx.ModelProto, new_dims: dict[str, list[int]]) -> onnx.ModelProto:
-    """A copy of ``proto`` whose named inputs have ``new_dims``; stale shapes forgotten."""
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    for value in out.graph.input:
-        if value.name in new_dims:
-            shape = value.type.tensor_type.shape
-            del shape.dim[:]
-            for d in new_dims[value.name]:
-                shape.dim.add().dim_value = int(d)
-    del out.graph.value_info[:]
-    for value in out.graph.output:
-        if value.type.tensor_type.HasField("shape"):
-            for dim in value.type.tensor_type.shape.dim:
-                dim.Clear()
-    return out
 
 
 def random_inputs(specs: list[InputSpec], seed: int = 0) -> dict[str, np.ndarray]:

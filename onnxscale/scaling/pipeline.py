@@ -28,7 +28,7 @@ import onnx
 from .. import __version__
 from ..complexity import Report, analyze
 from ..errors import OnnxscaleError, UsageError
-from ..graph import Graph
+from ..graph import Graph, declared_dims, with_input_dims
 from ..hollow import hollow_model
 from .depth import scale_depth
 from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOutcome,
@@ -149,7 +149,9 @@ def plan_scale(hollow: onnx.ModelProto, input_shapes: dict[str, list[int]],
     if multipliers.d != 1 or multipliers.w != 1 or multipliers.g != 1:
         _refuse_quantized(graph)
     _refuse_estimate(base, multipliers, options)
-    model, edits, graph, inputs = _run_steps(hollow, graph, multipliers, options, cache)
+    # no r=1 step to declare overridden input dims: the figures are the same without it
+    model, edits, graph, inputs = _run_steps(hollow, graph, multipliers, options, cache,
+                                             declare_inputs=False)
     scaled = analyze(graph)
     plan = Plan(multipliers, options, base, scaled, inputs, _weight_bytes(graph), edits)
     _refuse_plan(plan)
@@ -171,13 +173,15 @@ def apply_plan(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
 
 
 def _run_steps(proto: onnx.ModelProto, graph: Graph, multipliers: Multipliers,
-               options: ScaleOptions, cache: _DepthCache | None = None):
+               options: ScaleOptions, cache: _DepthCache | None = None,
+               declare_inputs: bool = True):
     shapes = {name: list(dims) for name, dims in graph.inputs.items()}
     edits: list[Edit] = []
     current, owned = proto, False  # owned: an intermediate model no one else holds
     for kind, needed in (("depth", multipliers.d != 1),
                          ("width", multipliers.w != 1 or multipliers.g != 1),
-                         ("resolution", multipliers.r != 1 or options.batch is not None)):
+                         ("resolution", multipliers.r != 1 or options.batch is not None
+                          or declare_inputs and _declares_other_dims(proto, shapes))):
         if not needed:
             continue
         if kind == "depth" and cache is not None:
@@ -196,6 +200,18 @@ def _run_steps(proto: onnx.ModelProto, graph: Graph, multipliers: Multipliers,
         raise OnnxscaleError("nothing to do: give --width, --depth, --resolution, --batch or "
                              "--strategy with --flops")
     return current, edits, graph, shapes
+
+
+def _declares_other_dims(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> bool:
+    """True when an input declares fixed dims other than those it is scaled at (--input-shape
+    over a fixed 224): the resolution step, at r=1, then writes the dims the figures are for,
+    so the file agrees with what `scale` reports."""
+    for value in proto.graph.input:
+        dims, given = declared_dims(value), shapes.get(value.name)
+        if dims and given and len(dims) == len(given) and any(
+                isinstance(d, int) and d != g for d, g in zip(dims, given)):
+            return True
+    return False
 
 
 def _run_step(kind: str, proto: onnx.ModelProto, graph: Graph, m: Multipliers,
@@ -350,7 +366,10 @@ def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto | bytes | str
     """
     import onnxruntime as ort
 
-    feeds = random_inputs(Graph(base, input_shapes), seed)
+    graph = Graph(base, input_shapes)
+    feeds = random_inputs(graph, seed)
+    if _declares_other_dims(base, graph.inputs):  # --input-shape over fixed dims: run at those
+        base = with_input_dims(base, graph.inputs)
     results = []
     for model in (base, scaled):
         options = ort.SessionOptions()
