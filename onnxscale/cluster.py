@@ -32,10 +32,8 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .bench import model_hash
 from .bench.providers import short_name
@@ -390,7 +388,7 @@ def run_unit(base: list, source: str, strategy: Strategy, factor: float, facts: 
     else:
         try:
             made, path = make_scaled(loaded, planner, strategy, factor, facts, settings,
-                                     tolerance, Path(tempfile.mkdtemp(prefix="onnxscale-sweep.")))
+                                     tolerance)  # in a temporary folder, removed below
         except OnnxscaleError as exc:
             return failed_cells(keys, facts | placed, str(exc))
     try:

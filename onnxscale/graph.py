@@ -266,6 +266,13 @@ def declared_dims(value: onnx.ValueInfoProto) -> list[int | str] | None:
     return dims
 
 
+def contradicts(declared: list[int | str] | None, dims: list[int]) -> bool:
+    """True when ``declared`` (`declared_dims`) fixes a dim to another value than ``dims``:
+    the model must be given those dims (`with_input_dims`) to run or be written at them."""
+    return declared is not None and any(isinstance(f, int) and f != d
+                                        for f, d in zip(declared, dims))
+
+
 def with_input_dims(proto: onnx.ModelProto, new_dims: dict[str, list[int]]) -> onnx.ModelProto:
     """A copy of ``proto`` whose named inputs have ``new_dims``; stale shapes forgotten."""
     out = onnx.ModelProto()

@@ -42,7 +42,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..errors import OnnxscaleError, UsageError
-from ..graph import declared_dims, format_dims, name_overrides, with_input_dims
+from ..graph import contradicts, declared_dims, format_dims, name_overrides, with_input_dims
 from . import providers as P
 
 # -- settings ------------------------------------------------------------------------------------
@@ -226,8 +226,7 @@ def prepare(proto: onnx.ModelProto, batch: int | None, shapes: dict[str, list[in
             raise OnnxscaleError(f"{source}: input '{name}' has symbolic dims "
                                  f"{format_dims(model_dims[name])}; fix them with --input-shape "
                                  f"{name}:{example}")
-        fixed = model_dims[name]
-        if fixed is not None and any(isinstance(f, int) and f != d for f, d in zip(fixed, dims)):
+        if contradicts(model_dims[name], dims):
             rewrite[name] = dims
         specs.append(InputSpec(name, value.type.tensor_type.elem_type, dims, batched[name]))
 

@@ -28,7 +28,7 @@ import onnx
 from .. import __version__
 from ..complexity import Report, analyze
 from ..errors import OnnxscaleError, UsageError
-from ..graph import Graph, declared_dims, with_input_dims
+from ..graph import Graph, contradicts, declared_dims, with_input_dims
 from ..hollow import hollow_model
 from .depth import scale_depth
 from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOutcome,
@@ -206,12 +206,8 @@ def _declares_other_dims(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -
     """True when an input declares fixed dims other than those it is scaled at (--input-shape
     over a fixed 224): the resolution step, at r=1, then writes the dims the figures are for,
     so the file agrees with what `scale` reports."""
-    for value in proto.graph.input:
-        dims, given = declared_dims(value), shapes.get(value.name)
-        if dims and given and len(dims) == len(given) and any(
-                isinstance(d, int) and d != g for d, g in zip(dims, given)):
-            return True
-    return False
+    return any(contradicts(declared_dims(value), shapes[value.name])
+               for value in proto.graph.input if value.name in shapes)
 
 
 def _run_step(kind: str, proto: onnx.ModelProto, graph: Graph, m: Multipliers,
