@@ -303,6 +303,37 @@ def test_a_model_that_accepts_no_other_size_is_refused_naming_the_node():
         rescale(proto, 2)
 
 
+def test_the_refusal_names_what_pins_the_size_not_a_grid_mismatch():
+    """A YOLO-like head: an upsample-and-merge (fine steps break it: a grid matter), then
+    anchors baked in at the trained size (every size breaks them, as in a legacy YOLOv8
+    export).  The error names the anchors, the node a user must change; the merge fits from a
+    step of 8 on and is no answer."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def conv(name, src, dst):
+        return helper.make_node("Conv", [src, f"{name}_w"], [dst], name=name, strides=[2, 2],
+                                pads=[1, 1, 1, 1])
+
+    weights = [numpy_helper.from_array(np.ones((2, c, 3, 3), np.float32), f"{n}_w")
+               for n, c in (("c1", 3), ("c2", 2), ("c3", 2))]
+    weights += [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+                numpy_helper.from_array(np.ones((1, 2, 8, 8), np.float32), "anchors")]
+    graph = helper.make_graph(
+        [conv("c1", "x", "s2"), conv("c2", "s2", "s4"), conv("c3", "s4", "s8"),
+         helper.make_node("Resize", ["s8", "", "scales"], ["up"], name="up", mode="nearest"),
+         helper.make_node("Add", ["up", "s4"], ["merged"], name="merge"),
+         helper.make_node("Add", ["merged", "anchors"], ["y"], name="add_anchors")],
+        "yolo_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8])], weights)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    assert ort_run(proto, {"x": np.ones((1, 3, 32, 32), np.float32)})[0].shape == (1, 2, 8, 8)
+    with pytest.raises(OnnxscaleError, match="accepts no other input size") as refused:
+        rescale(proto, 2)
+    assert "'add_anchors'" in str(refused.value)
+    assert "'merge'" not in str(refused.value)
+
+
 def test_lstm_input_mismatch_is_caught_by_the_analysis():
     """The analysis checks an LSTM's input features against its weight, as for Conv/Gemm."""
     from onnx import TensorProto, helper, numpy_helper

@@ -16,8 +16,8 @@ from a candidate size through every node with the analysis's own strict rules (a
 MatMul or LSTM whose input no longer fits its weight, an Add of two maps of different sizes,
 a Reshape that cannot be regrouped: each raises, naming the node).  A *step* t is accepted for
 an axis when the base size moved by -t, +t and +2t is accepted; the smallest accepted step
-among the resolution divisor times 1, 2, 4, ..., 128 is the axis's grid.  An axis with no
-accepted step keeps its size, and the node that refused says why.
+among the resolution divisor times 1, 2, 4, ..., 32 is the axis's grid.  An axis with no
+accepted step keeps its size, and the node that refused the coarsest step says why.
 """
 
 from __future__ import annotations
@@ -129,14 +129,17 @@ def _axis(candidate, step: int | None, reason: str, divisor: int, labels) -> Axi
 
 
 def _smallest_step(accepts, inputs, candidates, divisor: int) -> tuple[int | None, str]:
-    first_reason = ""
+    """The smallest accepted step, or None and the reason the *coarsest* step was refused:
+    a fine step is often refused only for the grid (an upsample-and-merge off by a pixel),
+    while what refuses every step is the node that pins the size (a YOLO head's reshape to
+    its 8400 baked-in anchors), the one a user has to know about."""
+    reason = ""
     for factor in STEP_FACTORS:
         step = divisor * factor
         reason = _probe(accepts, inputs, candidates, step)
         if reason is None:
             return step, ""
-        first_reason = first_reason or reason
-    return None, first_reason
+    return None, reason
 
 
 def _probe(accepts, inputs, candidates, step: int) -> str | None:
