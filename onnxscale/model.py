@@ -178,6 +178,23 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
     return out
 
 
+def remove_model(out: Path) -> None:
+    """Remove a model this run wrote after it proved unusable, so no invalid model is left to
+    be taken for an output: ``OUT``, and ``OUT.data`` only when ``OUT`` keeps its weights
+    there (an older file of that name is not ours to remove)."""
+    out = Path(out)
+    data = out.with_name(out.name + ".data")
+    if data.exists() and data.name in _external_locations(out):
+        data.unlink()
+    out.unlink(missing_ok=True)
+
+
+def _external_locations(model_file: Path) -> set[str]:
+    saved = onnx.load(model_file, load_external_data=False)
+    return {entry.value for tensor in external_data_helper._get_all_tensors(saved)
+            for entry in tensor.external_data if entry.key == "location"}
+
+
 def to_pieces(proto: onnx.ModelProto) -> tuple[bytes, list[bytes]]:
     """The model as pieces that each fit protobuf's 2 GiB limit: the model without its
     weights, then each initializer.  ``SerializeToString`` of the whole model fails above

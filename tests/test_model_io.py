@@ -57,3 +57,17 @@ def test_never_overwrites_the_input(tmp_path):
     assert path.read_bytes() == before
     with pytest.raises(OnnxscaleError, match="does not exist"):
         model_io.save_model(zoo.build("resnet-18"), tmp_path / "no" / "x.onnx")
+
+
+def test_removing_a_written_model_takes_its_data_file_and_no_other(tmp_path, monkeypatch):
+    """`remove_model` (an output that failed onnx's checker) removes OUT.data only when OUT
+    keeps its weights there: a stale file of that name from another run stays."""
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
+    big = model_io.save_model(zoo.build("resnet-18"), tmp_path / "big.onnx")
+    model_io.remove_model(big)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 10**12)
+    stale = tmp_path / "small.onnx.data"
+    stale.write_bytes(b"someone else's")
+    model_io.remove_model(model_io.save_model(zoo.build("resnet-18"), tmp_path / "small.onnx"))
+    assert list(tmp_path.iterdir()) == [stale]

@@ -181,6 +181,32 @@ def test_nothing_to_widen_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "tiny.w2.onnx").exists()
 
 
+def test_an_input_that_fails_the_checker_is_named_and_no_output_is_left(tmp_path):
+    """torch's dynamo exporter at opset 17 writes Split with opset 18's num_outputs: onnx's
+    checker (and ONNX Runtime) refuse the *input*.  The error says so, not that scaling broke
+    it, and the invalid scaled model is not left behind."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = [numpy_helper.from_array(np.ones(shape, np.float32), name) for name, shape in
+               (("w1", (4, 3, 3, 3)), ("w2", (4, 4, 1, 1)), ("w3", (2, 4, 1, 1)))]
+    graph = helper.make_graph(  # a split of the rows: widening leaves it as it is
+        [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Split", ["c"], ["a", "b"], name="split", axis=2, num_outputs=2),
+         helper.make_node("Conv", ["a", "w2"], ["ya"], name="conv2"),
+         helper.make_node("Add", ["ya", "b"], ["s"], name="add"),
+         helper.make_node("Conv", ["s", "w3"], ["y"], name="conv3")],
+        "bad_split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 8])], weights)
+    path = tmp_path / "bad.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    result = run_cli("scale", str(path), "--width", "2")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"error: {path} fails onnx's checker before any change "
+                                    f"(Unrecognized attribute: num_outputs for operator Split)")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]
+
+
 def test_width_that_rounds_to_nothing_is_an_error():
     from .test_groups import Net, head
 
@@ -216,3 +242,4 @@ def test_group_width_multiplier(exports, w, g, exact):
     feeds = random_inputs(graph)
     (expected,), (got,) = ort_run(base, feeds), ort_run(edit.model, feeds)
     assert (relative(expected, got) <= 1e-4) is exact
+

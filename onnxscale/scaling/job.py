@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import OnnxscaleError
-from .pipeline import Planner, apply_plan, check, compare_outputs, default_output, stamp
+from .pipeline import (Planner, apply_plan, check, check_base, compare_outputs,
+                       default_output, stamp)
 from .plan import Multipliers, Plan, ScaleOptions
 from .solver import TOLERANCE, Solution, solve
 from .strategy import preset_multipliers
@@ -85,7 +86,7 @@ def grid_output(source: str, job: Job, folder: Path) -> Path:
 def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Path | None,
               verify: bool) -> dict:
     """Apply a plan with real weights, write it atomically, check it; the ``--json`` object."""
-    from ..model import save_model
+    from ..model import remove_model, save_model
 
     plan = planned.plan
     outcome = apply_plan(loaded.proto, shapes, plan)
@@ -97,7 +98,12 @@ def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Pa
     target = output or default_output(loaded.source, plan.multipliers, plan.options)
     save_model(scaled, target, protect=loaded.path)
     outcome.model = scaled = None  # checked from the file: one model in memory at a time
-    check(str(target))
+    try:
+        check(str(target))
+    except OnnxscaleError:
+        remove_model(target)  # an invalid model is not an output
+        check_base(loaded.proto, loaded.source)
+        raise
     difference = None
     if verify:
         difference = compare_outputs(loaded.proto, str(target), outcome.base.inputs)

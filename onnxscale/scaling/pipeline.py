@@ -76,8 +76,8 @@ class Planner:
                     scale_resolution(self.hollow, self.graph, 2.0, probe, sizes=dims)
                 except FlattenedHeadSize:
                     return None  # bands of sizes, not a lattice: see FlattenedHeadSize
-                except OnnxscaleError as exc:
-                    return str(exc.__cause__ or exc)
+                except OnnxscaleError as exc:  # said under "resolution:" already
+                    return str(exc.__cause__ or exc).removeprefix("resolution: ")
                 return None
 
             self._sizes[divisor] = find_sizes(accepts, self.graph.inputs, spatial_axes, divisor)
@@ -319,6 +319,22 @@ def check(model: onnx.ModelProto | bytes | str, full: bool = False) -> None:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OnnxscaleError(f"the scaled model fails onnx's checker: {first}") from exc
+
+
+def check_base(proto: onnx.ModelProto, source: str) -> None:
+    """Raise when the *given* model already fails onnx's checker, the likelier cause of a
+    scaled model failing it: exporters do write invalid models (torch's dynamo exporter at
+    opset 17 keeps opset 18's ``num_outputs`` on Split), and scaling keeps every node it does
+    not resize as it is.  Run only after the scaled model failed: a clean input costs nothing."""
+    try:
+        onnx.checker.check_model(proto)
+    except ValueError:  # over protobuf's 2 GiB in memory: no answer, keep the scaled error
+        return
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OnnxscaleError(f"{source} fails onnx's checker before any change ({first}); "
+                             f"fix or re-export it: nodes that are not scaled stay as they "
+                             f"are") from exc
 
 
 def default_output(source: str, multipliers: Multipliers, options: ScaleOptions) -> Path:

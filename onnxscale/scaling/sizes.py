@@ -110,11 +110,11 @@ def find_sizes(accepts, inputs: dict[str, list[int]], spatial_axes, divisor: int
     joint, reason = _smallest_step(accepts, inputs, candidates, divisor)
     if joint is not None:
         return InputSizes(tuple(_axis(c, joint, "", divisor, labels) for c in candidates))
-    axes = []
-    for candidate in candidates:
-        step, why = _smallest_step(accepts, inputs, [candidate], divisor)
-        axes.append(_axis(candidate, step, "" if step else why or reason, divisor, labels))
-    return InputSizes(tuple(axes))
+    alone = [_smallest_step(accepts, inputs, [candidate], divisor) for candidate in candidates]
+    if not any(step for step, _ in alone):  # what pins all axes together says most: a lone
+        alone = [(None, reason)] * len(candidates)  # axis may fail only for being alone
+    return InputSizes(tuple(_axis(candidate, step, "" if step else why or reason, divisor,
+                                  labels) for candidate, (step, why) in zip(candidates, alone)))
 
 
 def _labels(count: int) -> tuple[str, ...]:
