@@ -243,3 +243,75 @@ def test_group_width_multiplier(exports, w, g, exact):
     (expected,), (got,) = ort_run(base, feeds), ort_run(edit.model, feeds)
     assert (relative(expected, got) <= 1e-4) is exact
 
+
+def _psa_attention_net():
+    """YOLO11's C2PSA attention in small: q, k, v from a heads x head_dim reshape of one
+    conv, the result viewed back to (B, C, H, W) with C read off the block's *input*, then a
+    projection and a residual add; a widenable conv pair after it."""
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self, c=16, heads=2):
+            super().__init__()
+            self.heads, self.key_dim, self.head_dim = heads, 4, c // heads
+            self.qkv = nn.Conv2d(c, c + 2 * heads * self.key_dim, 1)
+            self.pe = nn.Conv2d(c, c, 3, padding=1, groups=c)
+            self.proj = nn.Conv2d(c, c, 1)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            q, k, v = self.qkv(x).view(b, self.heads, 2 * self.key_dim + self.head_dim,
+                                       h * w).split([self.key_dim, self.key_dim,
+                                                     self.head_dim], dim=2)
+            attn = ((q.transpose(-2, -1) @ k) * self.key_dim ** -0.5).softmax(dim=-1)
+            y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+            return x + self.proj(y)
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), Attention(),
+                         nn.Conv2d(16, 24, 3, padding=1), nn.SiLU(), nn.Conv2d(24, 8, 1)).eval()
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_reshape_that_reads_its_channels_off_another_tensor_keeps_both_alike(tmp_path,
+                                                                              exporter):
+    """With dynamic height/width the attention's ``view(B, C, H, W)`` computes C from the
+    block input's Shape at run time.  Widening that input alone made C disagree with the
+    heads x head_dim data ("cannot reshape"); the input's channels now keep their width,
+    named by the Reshape, and the conv pair after the block is widened, exactly."""
+    import torch
+
+    path = tmp_path / "psa.onnx"
+    x = torch.randn(1, 3, 16, 16)
+    if exporter == "legacy":
+        torch.onnx.export(_psa_attention_net(), (x,), str(path), dynamo=False,
+                          opset_version=17, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {2: "h", 3: "w"}, "y": {2: "h", 3: "w"}})
+    else:
+        pytest.importorskip("onnxscript")
+        h, w = torch.export.Dim("h", min=4, max=256), torch.export.Dim("w", min=4, max=256)
+        torch.onnx.export(_psa_attention_net(), (x,), str(path), dynamo=True,
+                          opset_version=18, external_data=False,
+                          dynamic_shapes={"input": {2: h, 3: w}})
+    name = onnx.load(str(path)).graph.input[0].name
+    out = tmp_path / "psa.w2.onnx"
+    result = run_cli("scale", str(path), "--input-shape", f"{name}:1x3x16x16", "--width", "2",
+                     "-o", str(out), "--verify", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["exact"] and data["verified_rel_l2"] < 1e-5
+    assert data["scaled"]["flops"] > data["base"]["flops"]
+    groups = json.loads(run_cli("groups", str(path), "--input-shape", f"{name}:1x3x16x16",
+                                "--json", check=True).stdout)["groups"]
+    # dynamo keeps C a constant, so the block input widens around the attention as it does
+    # at a fixed size; the legacy export reads C at run time, so it keeps its width
+    assert [g["width"] for g in groups if g["scalable"]] == \
+        ([24] if exporter == "legacy" else [16, 24])
+    if exporter == "legacy":
+        block_input = next(g for g in groups if "/0/Conv" in g["producers"])
+        assert "Reshape at node /2/Reshape_1 takes its shape from the channels of" in \
+            block_input["reason"]
+    for size in (16, 24):  # the written model keeps its dynamic size and runs at others
+        y = ort_run(out, {name: np.random.rand(1, 3, size, size).astype(np.float32)})[0]
+        assert y.shape == (1, 8, size, size)

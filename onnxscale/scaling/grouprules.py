@@ -18,6 +18,7 @@ from ..shapes import UNARY, attrs, axes_of, slice_params, split_sizes
 from .channels import Piece, Pieces
 from .groups import ChannelGroups, LayerUse, Layout, ParamUse, ShapeUse, Tie, const_value, \
     is_const
+from .shapevalues import ShapeValues
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PASS_OPS = (UNARY - {"BatchNormalization", "InstanceNormalization", "LRN", "Softmax",
@@ -44,14 +45,18 @@ class Rules:
         self.g = found.graph
         self.atoms = found.atoms
         self.skip: set[str] = set()   # nodes already handled as part of a pattern
+        self.shape_values = ShapeValues(self.g)
 
     def run(self) -> None:
         for name, dims in self.g.inputs.items():
             if len(dims) >= 2:
                 self._fresh(name, 1, f"graph input '{name}'", origin=name)
         for node in self.g.nodes:
+            self.shape_values.visit(node)
             if node.name not in self.skip:
                 self._visit(node)
+            if node.op_type == "Reshape":
+                self._computed_target(node)
         for name in self.g.outputs:
             reason = f"feeds graph output '{name}'"
             if name in self.f.layouts:
@@ -393,6 +398,27 @@ class Rules:
         axis = self._move(node)
         if axis is not None:
             self.f.shape_uses.append(ShapeUse(node.name, "reshape", (node.output[0],), axis))
+
+    def _computed_target(self, node: onnx.NodeProto) -> None:
+        """A Reshape whose target reads a tensor's channel count (a dynamic export's
+        ``y.view(B, C, H, W)`` with C from ``Shape(t)``): at run time the output's channels
+        at that position follow t's, so they are one group with t's channels, or, when they
+        cannot be, both keep their width."""
+        sources = self.shape_values.of(node.input[1]) if len(node.input) > 1 else None
+        out = self._layout(node.output[0])
+        for position, source in enumerate(sources or ()):
+            for tensor, axis in sorted(source.axes):
+                read = self._layout(tensor)
+                if read is None or read.axis != axis:
+                    continue  # not a channel count
+                follows = out is not None and out.axis == position
+                if source.exact and follows and self.atoms.unify(read.pieces, out.pieces):
+                    continue
+                reason = f"Reshape at node {node.name} takes its shape from the channels of " \
+                         f"'{tensor}'"
+                self.atoms.pin(read.pieces, reason)
+                if follows:
+                    self.atoms.pin(out.pieces, reason)
 
     def _flatten(self, node: onnx.NodeProto) -> None:
         self._move(node)
