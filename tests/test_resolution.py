@@ -334,6 +334,38 @@ def test_the_refusal_names_what_pins_the_size_not_a_grid_mismatch():
     assert "'merge'" not in str(refused.value)
 
 
+def test_space_to_depth_keeps_its_block_and_matches_torch_at_the_new_size(tmp_path):
+    """TResNet's stem cuts each spatial axis into 4-pixel blocks, ``view(B, C, H/4, 4, W/4,
+    4)``, baked into the legacy export.  At a new size the blocks keep their 4 pixels and
+    their count grows; the written model computes what torch computes at that size."""
+    import torch
+    from torch import nn
+
+    class SpaceToDepthNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(48, 8, 3, padding=1)
+
+        def forward(self, x):
+            b, c, h, w = x.shape
+            x = x.view(b, c, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4)
+            return self.conv(x.reshape(b, c * 16, h // 4, w // 4))
+
+    torch.manual_seed(0)
+    net = SpaceToDepthNet().eval()
+    path = tmp_path / "s2d.onnx"
+    torch.onnx.export(net, (torch.randn(1, 3, 32, 32),), str(path), dynamo=False,
+                      opset_version=17, input_names=["x"], output_names=["y"])
+    outcome = rescale(onnx.load(str(path)), 1.5)
+    assert outcome.inputs == {"x": [1, 3, 48, 48]}
+    x = np.random.default_rng(0).random((1, 3, 48, 48), dtype=np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    got = ort_run(outcome.model, {"x": x})[0]
+    assert got.shape == expected.shape == (1, 8, 12, 12)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_lstm_input_mismatch_is_caught_by_the_analysis():
     """The analysis checks an LSTM's input features against its weight, as for Conv/Gemm."""
     from onnx import TensorProto, helper, numpy_helper

@@ -382,12 +382,26 @@ def regroup(old_in, old_out, new_in, dim_map) -> list[int] | None:
             if len(dims) == 1:
                 dims = [grown]
             elif grown != int(np.prod(dims)):
-                dims = [dim_map.get(d) or d for d in dims]
-                if int(np.prod(dims)) != grown:
+                dims = _split_grown(dims, grown, old_in, gi, dim_map)
+                if dims is None:
                     return None
             out.extend(dims)
             i, j = gi[-1] + 1, gj[-1] + 1
     return out
+
+
+def _split_grown(dims: list[int], grown: int, old_in, gi: list[int], dim_map) -> list[int] | None:
+    """The new sizes of ``dims``, a split of input dims ``gi`` that now hold ``grown``
+    elements: each split size mapped as the spatial sizes were (H*W back into H, W), or, for
+    a spatial axis cut into blocks (space-to-depth: TResNet's [.., 160, ..] -> [.., 40, 4,
+    ..]), the blocks keep their size and their count grows."""
+    mapped = [dim_map.get(d) or d for d in dims]
+    if int(np.prod(mapped)) == grown:
+        return mapped
+    block = int(np.prod(dims[1:]))
+    if len(gi) == 1 and dim_map.get(old_in[gi[0]]) == grown and grown % block == 0:
+        return [grown // block] + list(dims[1:])
+    return None
 
 
 def _group(old_in, old_out, i, j) -> tuple[list[int], list[int]] | None:
