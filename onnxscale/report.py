@@ -366,16 +366,34 @@ def _human(value: float, _pos=None) -> str:
 
 def _log_axes(ax, x: bool = True) -> None:
     """Log-log axes labelled 400M, 1G, 20 ms (not 4x10^8), minor ticks included."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
+    from matplotlib.ticker import FuncFormatter
 
     axes = (ax.xaxis, ax.yaxis) if x else (ax.yaxis,)
     if x:
         ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in axes:
-        axis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        axis.set_major_locator(_nice_log_locator())
         axis.set_major_formatter(FuncFormatter(_human))
         axis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
+COARSE_TICKS = (1.0, 2.0, 5.0)
+FINE_TICKS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
+def _nice_log_locator():
+    """Ticks at 1, 2, 5 per decade; on an axis spanning under 3x (a 2x sweep's runtimes,
+    80-160 ms) at 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, so it does not read as one number."""
+    from matplotlib.ticker import LogLocator
+
+    class NiceLogLocator(LogLocator):
+        def tick_values(self, vmin, vmax):
+            low, high = sorted((vmin, vmax))
+            self.set_params(subs=FINE_TICKS if low > 0 and high / low < 3 else COARSE_TICKS)
+            return super().tick_values(vmin, vmax)
+
+    return NiceLogLocator(base=10, subs=COARSE_TICKS)
 
 
 def _panel_title(entry: dict) -> str:

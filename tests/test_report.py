@@ -185,3 +185,16 @@ def test_nothing_is_nan_in_a_one_point_panel(tmp_path):
                                  "--json", check=True).stdout)
     for values in summary["exponents"].values():
         assert values["acts"] is None or math.isfinite(values["acts"])
+
+
+def test_log_axes_label_a_narrow_range_with_several_numbers():
+    """A 2x sweep's runtimes (80-160 ms) hold a single 1-2-5 tick (100): the axis would read
+    as one number.  Under 3x the ticks are finer; wide ranges keep 1, 2, 5 per decade."""
+    from onnxscale.report import _nice_log_locator
+
+    def ticks(low, high):
+        return [float(t) for t in _nice_log_locator().tick_values(low, high) if low <= t <= high]
+
+    assert ticks(80, 160) == [80, 100, 120, 150]
+    assert ticks(1, 1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
+    assert ticks(3.1, 8.4) == [4, 5, 6, 8]
