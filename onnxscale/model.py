@@ -191,8 +191,15 @@ def remove_model(out: Path) -> None:
 
 def _external_locations(model_file: Path) -> set[str]:
     saved = onnx.load(model_file, load_external_data=False)
-    return {entry.value for tensor in external_data_helper._get_all_tensors(saved)
-            for entry in tensor.external_data if entry.key == "location"}
+    return {entry.value for entry in _location_entries(saved)}
+
+
+def _location_entries(saved: onnx.ModelProto):
+    """The ``location`` entries of every tensor that keeps its data in another file."""
+    for tensor in external_data_helper._get_all_tensors(saved):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                yield entry
 
 
 def to_pieces(proto: onnx.ModelProto) -> tuple[bytes, list[bytes]]:
@@ -277,9 +284,8 @@ def _umask() -> int:
 def _rename_external_location(model_file: str, old: str, new: str) -> None:
     """Point every external tensor of the saved model at its final data file name."""
     saved = onnx.load(model_file, load_external_data=False)
-    for tensor in external_data_helper._get_all_tensors(saved):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value == old:
-                entry.value = new
+    for entry in _location_entries(saved):
+        if entry.value == old:
+            entry.value = new
     with open(model_file, "wb") as handle:
         handle.write(saved.SerializeToString())

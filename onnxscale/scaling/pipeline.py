@@ -317,8 +317,8 @@ def check(model: onnx.ModelProto | bytes | str, full: bool = False) -> None:
     try:
         onnx.checker.check_model(model, full_check=full)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxscaleError(f"the scaled model fails onnx's checker: {first}") from exc
+        raise OnnxscaleError(f"the scaled model fails onnx's checker: {_first_line(exc)}") \
+            from exc
 
 
 def check_base(proto: onnx.ModelProto, source: str) -> None:
@@ -331,10 +331,16 @@ def check_base(proto: onnx.ModelProto, source: str) -> None:
     except ValueError:  # over protobuf's 2 GiB in memory: no answer, keep the scaled error
         return
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OnnxscaleError(f"{source} fails onnx's checker before any change ({first}); "
+        raise OnnxscaleError(f"{source} fails onnx's checker before any change "
+                             f"({_first_line(exc)}); "
                              f"fix or re-export it: nodes that are not scaled stay as they "
                              f"are") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    """The checker's first line: its message goes on with the offending node's dump."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def default_output(source: str, multipliers: Multipliers, options: ScaleOptions) -> Path:

@@ -74,11 +74,9 @@ class ShapeValues:
         shape = self.g.shapes.get(node.input[0])
         if shape is None:
             return None
-        rank = len(shape)
-        given = attrs(node)
-        start, end = given.get("start", 0), given.get("end", rank)
-        start, end = (max(0, min(rank, v + rank if v < 0 else v)) for v in (start, end))
-        return [Source(frozenset({(node.input[0], i)}), True) for i in range(start, end)]
+        given = attrs(node)  # start/end clamp as a Python slice does (as `shapes.fold`)
+        axes = range(len(shape))[slice(given.get("start", 0), given.get("end", len(shape)))]
+        return [Source(frozenset({(node.input[0], i)}), True) for i in axes]
 
     def _elements(self, name: str) -> list[Source] | None:
         """A tracked value's sources, or constants for a small known value."""
