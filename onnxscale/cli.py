@@ -95,7 +95,7 @@ def load_graph(model: str, input_shapes: tuple[str, ...]):
     from .model import load_model, parse_input_shapes
 
     shapes = parse_input_shapes(input_shapes)
-    loaded = load_model(model)
+    loaded = load_model(model, lazy=True)  # dims are all it needs: external data stays
     return loaded, Graph(loaded.proto, shapes)
 
 
@@ -425,7 +425,7 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
     if len(jobs) > 1:
         _scale_grid(model, shapes, jobs, options, output, verify, as_json)
         return
-    loaded = load_model(model)
+    loaded = load_model(model, lazy=True)  # weights are read as the writer streams them
     planned = plan_job(Planner(loaded.proto, shapes), jobs[0], options)
     result = write_job(loaded, shapes, planned, Path(output) if output else None, verify)
     if as_json:
@@ -526,7 +526,7 @@ def _scale_grid(model, shapes, jobs, options, output, verify, as_json) -> None:
     if folder.exists() and not folder.is_dir():
         raise OnnxscaleError(f"{folder}: a grid writes one file per combination; -o must be "
                              f"a folder, and this is a file")
-    loaded = load_model(model)
+    loaded = load_model(model, lazy=True)
     planner = Planner(loaded.proto, shapes)
     results, console = [], Console(stderr=True)
     with Progress(console=console, transient=True, disable=as_json) as progress:

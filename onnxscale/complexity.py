@@ -31,11 +31,13 @@ COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool",
 NOT_PARAMS = {"BatchNormalization": (3, 4), "QuantizeLinear": (1, 2),
               "DequantizeLinear": (1, 2), "QLinearConv": (1, 2, 4, 5, 6, 7),
               "QLinearMatMul": (1, 2, 4, 5, 6, 7), "ConvInteger": (2, 3),
-              "MatMulInteger": (2, 3), "QGemm": (1, 2, 4, 5, 7, 8)}
+              "MatMulInteger": (2, 3), "QGemm": (1, 2, 4, 5, 7, 8),
+              "DynamicQuantizeLSTM": (8, 9, 10, 11)}
 # Integer tensors that are learned parameters: quantized weights and biases, by op type and
 # input index (scales and zero points are not).
 QUANTIZED_WEIGHTS = {"QLinearConv": (3, 8), "ConvInteger": (1,), "QLinearMatMul": (3,),
-                     "MatMulInteger": (1,), "DequantizeLinear": (0,), "QGemm": (3, 6)}
+                     "MatMulInteger": (1,), "DequantizeLinear": (0,), "QGemm": (3, 6),
+                     "DynamicQuantizeLSTM": (1, 2)}
 # onnxruntime's own quantized layers (domain com.microsoft), counted like the standard ones.
 MICROSOFT_COUNTED = ("QGemm",)
 # Where each counted conv reads its weight.

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from . import external
 from .errors import OnnxscaleError, UsageError
 from .hollow import FLOAT_TYPES, as_hollow, is_hollow  # noqa: F401 (FLOAT_TYPES: re-exported)
 from .hollow import SMALL as MAX_FOLD_ELEMENTS
@@ -103,7 +104,7 @@ class Graph:
             return None
         if is_hollow(tensor):
             return as_hollow(tensor)
-        array = numpy_helper.to_array(tensor)
+        array = external.array(tensor)  # reads a deferred weight from its data file
         if array.size <= MAX_FOLD_ELEMENTS:
             self.values[name] = array
         return array

@@ -12,14 +12,15 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
-from onnx import external_data_helper
 
+from . import external
 from .errors import OnnxscaleError, UsageError
 from .hollow import assert_solid
+from .standardform import standard_form
 
 ZOO_PREFIX = "zoo:"
 MIN_OPSET, MAX_OPSET = 9, 23
@@ -34,19 +35,28 @@ class LoadedModel:
     proto: onnx.ModelProto
     source: str
     path: Path | None
+    # onnxruntime's fused ops read in their standard form (`standardform`), by op type
+    rewritten: dict[str, int] = field(default_factory=dict)
 
 
-def load_model(spec: str, *, seed: int = 0) -> LoadedModel:
-    """Load ``spec`` (a path or ``zoo:NAME``) and check it is an ONNX model we can read."""
+def load_model(spec: str, *, seed: int = 0, lazy: bool = False) -> LoadedModel:
+    """Load ``spec`` (a path or ``zoo:NAME``) and check it is an ONNX model we can read.
+
+    ``lazy``: large weights in an external data file are not read (`external`): analysis
+    and planning need their dims only, and writing streams them one at a time."""
     if spec.startswith(ZOO_PREFIX):
         from . import zoo
 
         return LoadedModel(zoo.build(spec[len(ZOO_PREFIX):], seed=seed), spec, None)
     path = Path(spec)
     proto = _read_proto(path)
-    _load_external_data(proto, path)
+    external.defer(proto, path)  # checks every data file; reads the small tensors
+    if not lazy:
+        external.load_all(proto)
     check_opset(proto, spec)
-    return LoadedModel(proto, spec, path)
+    _refuse_layout_ops(proto, spec)
+    proto, rewritten = standard_form(proto)
+    return LoadedModel(proto, spec, path, rewritten)
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -72,35 +82,23 @@ def _read_proto(path: Path) -> onnx.ModelProto:
     return proto
 
 
-def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    """Resolve external tensor data, refusing locations outside the model's folder."""
-    base = path.resolve().parent
-    tensors = [t for t in external_data_helper._get_all_tensors(proto)
-               if external_data_helper.uses_external_data(t)]
-    for tensor in tensors:
-        info = external_data_helper.ExternalDataInfo(tensor)
-        location = info.location
-        target = (base / location).resolve()
-        if os.path.isabs(location) or not target.is_relative_to(base):
-            raise OnnxscaleError(
-                f"{path}: tensor '{tensor.name}' stores its data at '{location}', outside the "
-                f"model's folder; refusing to read it")
-        if not target.is_file():
-            raise OnnxscaleError(f"{path}: external data file '{location}' for tensor "
-                                 f"'{tensor.name}' is missing")
-    if tensors:
-        try:
-            external_data_helper.load_external_data_for_model(proto, str(base))
-        except Exception as exc:
-            raise OnnxscaleError(f"{path}: cannot read external data ({exc})") from exc
-
-
 def default_opset(proto: onnx.ModelProto) -> int:
     """The version of the default (``ai.onnx``) operator set."""
     for entry in proto.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return entry.version
     return 0
+
+
+def _refuse_layout_ops(proto: onnx.ModelProto, source: str) -> None:
+    """ORT_ENABLE_ALL saves NCHWc layout ops with weights reordered for this machine's
+    vector width: no other runtime reads them, and they hide the model's real layers."""
+    node = next((n for n in proto.graph.node if n.domain == "com.microsoft.nchwc"), None)
+    if node is not None:
+        raise OnnxscaleError(
+            f"{source}: node '{node.name}' ({node.op_type}, domain com.microsoft.nchwc) is one "
+            f"of ONNX Runtime's machine-specific layout ops (a model saved at ORT_ENABLE_ALL); "
+            f"use the original model, or one saved at ORT_ENABLE_EXTENDED")
 
 
 def check_opset(proto: onnx.ModelProto, source: str) -> None:
@@ -160,9 +158,10 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
         if _weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
             data_name = out.name + ".data"
             tmp_data = folder / f".{data_name}.tmp"
-            onnx.save_model(proto, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=tmp_data.name, size_threshold=1024)
-            _rename_external_location(tmp, tmp_data.name, data_name)
+            with open(tmp_data, "wb") as data:
+                shells = _external_shells(proto, data, data_name)
+            with open(tmp, "wb") as handle:
+                _write_streamed(proto, handle, shells)
             os.chmod(tmp_data, 0o666 & ~_umask())  # an ordinary file, like the model's
             os.replace(tmp_data, folder / data_name)
         else:
@@ -176,30 +175,6 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
         if os.path.exists(tmp):
             os.unlink(tmp)
     return out
-
-
-def remove_model(out: Path) -> None:
-    """Remove a model this run wrote after it proved unusable, so no invalid model is left to
-    be taken for an output: ``OUT``, and ``OUT.data`` only when ``OUT`` keeps its weights
-    there (an older file of that name is not ours to remove)."""
-    out = Path(out)
-    data = out.with_name(out.name + ".data")
-    if data.exists() and data.name in _external_locations(out):
-        data.unlink()
-    out.unlink(missing_ok=True)
-
-
-def _external_locations(model_file: Path) -> set[str]:
-    saved = onnx.load(model_file, load_external_data=False)
-    return {entry.value for entry in _location_entries(saved)}
-
-
-def _location_entries(saved: onnx.ModelProto):
-    """The ``location`` entries of every tensor that keeps its data in another file."""
-    for tensor in external_data_helper._get_all_tensors(saved):
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                yield entry
 
 
 def to_pieces(proto: onnx.ModelProto) -> tuple[bytes, list[bytes]]:
@@ -220,28 +195,81 @@ def from_pieces(shell: bytes, tensors: list[bytes]) -> onnx.ModelProto:
     return proto
 
 
-_MODEL_GRAPH_FIELD, _GRAPH_INITIALIZER_FIELD = 7, 5  # field numbers in onnx.proto
+_MODEL_GRAPH_FIELD, _GRAPH_INITIALIZER_FIELD, _RAW_DATA_FIELD = 7, 5, 9  # in onnx.proto
 
 
-def _write_streamed(proto: onnx.ModelProto, handle) -> None:
+def _write_streamed(proto: onnx.ModelProto, handle, shells: list | None = None) -> None:
     """Write the protobuf encoding of ``proto`` without ever holding all of it in memory.
 
     A message's encoding is the concatenation of its fields' encodings, in any order: the
     model without its graph, then the graph field (tag, length, the graph without its
     initializers, then each initializer as its own length-delimited field).  Byte for byte
     what ``onnx.load`` reads; ``SerializeToString`` would peak at twice the model's size.
+    A deferred weight (`external`) is read from its data file when its turn comes, and
+    ``shells`` (`_external_shells`) stand in for initializers written to a data file.
     """
     graph = proto.graph
     shell = _copy_without(graph, "initializer").SerializeToString()
-    sizes = [tensor.ByteSize() for tensor in graph.initializer]
+    tensors = shells if shells is not None else list(graph.initializer)
+    sizes = [_encoded_size(tensor) for tensor in tensors]
     tag = _varint(_GRAPH_INITIALIZER_FIELD << 3 | 2)
     graph_size = len(shell) + sum(len(tag) + len(_varint(n)) + n for n in sizes)
     handle.write(_copy_without(proto, "graph").SerializeToString())
     handle.write(_varint(_MODEL_GRAPH_FIELD << 3 | 2) + _varint(graph_size))
     handle.write(shell)
-    for tensor, size in zip(graph.initializer, sizes):
+    for tensor, size in zip(tensors, sizes):
         handle.write(tag + _varint(size))
-        handle.write(tensor.SerializeToString())
+        handle.write(external.materialized(tensor).SerializeToString())
+
+
+def _encoded_size(tensor: onnx.TensorProto) -> int:
+    """The encoded size of ``tensor`` with its data inline, without reading a deferred one:
+    the tensor less its external entries, plus the raw_data field (tag, length, bytes)."""
+    if not external.is_deferred(tensor):
+        return tensor.ByteSize()
+    shell = onnx.TensorProto()
+    shell.CopyFrom(tensor)
+    del shell.external_data[:]
+    shell.ClearField("data_location")
+    length = external.data_bytes(tensor)
+    return shell.ByteSize() + len(_varint(_RAW_DATA_FIELD << 3 | 2)) + len(_varint(length)) \
+        + length
+
+
+def _external_shells(proto: onnx.ModelProto, data, location: str) -> list[onnx.TensorProto]:
+    """Write every initializer over 1 KB to the open ``data`` file, one at a time, and return
+    the initializers as the model file holds them (those written: location, offset, length)."""
+    shells = []
+    for tensor in proto.graph.initializer:
+        if external.data_bytes(tensor) <= 1024:
+            shells.append(external.materialized(tensor))
+            continue
+        raw = external.read(tensor) if external.is_deferred(tensor) else \
+            _inline_raw(tensor).raw_data
+        offset = data.tell()
+        data.write(raw)
+        shell = onnx.TensorProto()
+        shell.CopyFrom(tensor)
+        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                     "uint64_data", "string_data", "data_location"):
+            shell.ClearField(name)
+        del shell.external_data[:]
+        shell.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(offset)),
+                           ("length", str(len(raw)))):
+            shell.external_data.add(key=key, value=value)
+        shells.append(shell)
+        del raw
+    return shells
+
+
+def _inline_raw(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """``tensor`` with its values in ``raw_data`` (exporters also use the typed fields)."""
+    if tensor.HasField("raw_data"):
+        return tensor
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name)
 
 
 def _copy_without(message, skipped: str):
@@ -272,20 +300,10 @@ def _varint(value: int) -> bytes:
 
 
 def _weight_bytes(proto: onnx.ModelProto) -> int:
-    return sum(tensor.ByteSize() for tensor in proto.graph.initializer)
+    return sum(external.data_bytes(tensor) for tensor in proto.graph.initializer)
 
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _rename_external_location(model_file: str, old: str, new: str) -> None:
-    """Point every external tensor of the saved model at its final data file name."""
-    saved = onnx.load(model_file, load_external_data=False)
-    for entry in _location_entries(saved):
-        if entry.value == old:
-            entry.value = new
-    with open(model_file, "wb") as handle:
-        handle.write(saved.SerializeToString())

@@ -81,6 +81,11 @@ def print_scale(result: dict, console: Console | None = None) -> None:
         f"no ({', '.join(inexact)} changes the outputs; see notes)" if any(
             kind != "resolution" for kind in inexact) else \
         "no (a new input size changes the outputs)"
+    got = result.get("realized", {})
+    if any(abs(got.get(k, v) / v - 1) > 0.01 for k, v in result["multipliers"].items()
+           if k in got and v):
+        multipliers += " (searched; the model got " + ", ".join(
+            f"{k}=x{got[k]:.3g}" for k in ("d", "w", "r")) + ")"
     console.print(f"multipliers: {multipliers}; function preserved: {exact}")
     if "verified_rel_l2" in result:
         console.print(f"verified in ONNX Runtime: relative L2 difference "

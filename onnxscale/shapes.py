@@ -298,7 +298,7 @@ def recurrent_rule(graph, node, ins):
                              f"{list(x)} has {x[2]} features but weight '{node.input[1]}' "
                              f"{list(w)} expects {w[2]}")
     a = attrs(node)
-    hidden = a.get("hidden_size", w[1] // {"LSTM": 4, "GRU": 3}.get(node.op_type, 1))
+    hidden = a.get("hidden_size", w[1] // {"LSTM": 4, "DynamicQuantizeLSTM": 4, "GRU": 3}.get(node.op_type, 1))
     direction = a.get("direction", b"forward")
     dirs = 2 if (direction.decode() if isinstance(direction, bytes) else direction) \
         == "bidirectional" else 1
@@ -705,9 +705,17 @@ def _qlinear_concat(graph, node, ins):
     return concat_rule(graph, node, ins[2::3])
 
 
+def _dynamic_quantize_lstm(graph, node, ins):
+    """DynamicQuantizeLSTM (quantize_dynamic's LSTM): an LSTM whose W and R are stored
+    transposed, [dirs, input, 4*hidden]."""
+    w = ins[1]
+    return recurrent_rule(graph, node, [ins[0], None if w is None else (w[0], w[2], w[1])])
+
+
 # onnxruntime's quantized ops (what its quantizer writes in QOperator format); onnx's own
 # shape inference does not know this domain.
 MICROSOFT_RULES = {
+    "DynamicQuantizeLSTM": _dynamic_quantize_lstm,
     "QLinearAdd": _qlinear_binary, "QLinearMul": _qlinear_binary,
     "QLinearGlobalAveragePool": lambda g, n, i: [
         (i[0][0], *[1] * (len(i[0]) - 2), i[0][-1]) if any(

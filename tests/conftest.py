@@ -137,10 +137,12 @@ def local_models() -> dict:
             "plain": (plain, (3, 64, 64)), "yolo": (YOLO, (3, 160, 160))}
 
 
-def make_torch_model(name: str):
+def make_torch_model(name: str, init: str = "random-bn"):
     """A torchvision (``resnet50``), timm (``timm.regnety_008``) or local (``local.crnn``)
-    model with random weights and randomized BatchNorm statistics, so folding BN (legacy
-    exporter) is not a no-op."""
+    model with random weights and, with ``init='random-bn'``, randomized BatchNorm
+    statistics, so folding BN (legacy exporter) is not a no-op.  ``init='default'`` keeps the
+    framework's own initialisation, as a user's untrained export has it: every BN scale 1 and
+    bias 0, which the legacy exporter then shares among unrelated layers."""
     import torch
 
     torch.manual_seed(0)
@@ -154,6 +156,8 @@ def make_torch_model(name: str):
         tv = import_torchvision()
         model = getattr(tv.models, name)()
     model.eval()
+    if init == "default":
+        return model
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -165,22 +169,30 @@ def make_torch_model(name: str):
 
 
 class Exports:
-    """Exports torch models to ONNX once per session (keyed by name, exporter, resolution)."""
+    """Exports torch models to ONNX once (keyed by name, exporter, resolution and init), kept
+    on disk under ``CACHE`` per torch version, so a second run of the suite exports nothing.
+    Bump ``RECIPE`` when what an export contains changes (the models, seeds or options)."""
+
+    RECIPE = 1
 
     def __init__(self, root: Path):
         self.root = root
 
-    def __call__(self, name: str, exporter: str = "legacy", res: int = 224) -> Path:
+    def __call__(self, name: str, exporter: str = "legacy", res: int = 224,
+                 init: str = "random-bn") -> Path:
         import torch
 
-        path = self.root / f"{name}.{exporter}.{res}.onnx"
+        folder = self.root / f"torch-{torch.__version__}.recipe-{self.RECIPE}"
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = "" if init == "random-bn" else f".{init}"
+        path = folder / f"{name}.{exporter}.{res}{suffix}.onnx"
         if path.exists():
             return path
-        model = make_torch_model(name)
+        model = make_torch_model(name, init)
         x = torch.randn(1, 3, res, res)
         if name.startswith("local."):  # its own input size (res is ignored)
             x = torch.randn(1, *local_models()[name[6:]][1])
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         if exporter == "legacy":
             torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["logits"])
@@ -194,8 +206,8 @@ class Exports:
 
 
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> Exports:
-    return Exports(tmp_path_factory.mktemp("exports"))
+def exports() -> Exports:
+    return Exports(CACHE / "exports")
 
 
 @pytest.fixture(scope="session")
@@ -225,6 +237,36 @@ def paddleocr_models() -> dict[str, Path]:
     }
 
 
+# TensorFlow's own venv: it cannot share the test environment (its ml_dtypes is newer than
+# the cap onnx's import time needs); pinned so the exports are the same everywhere
+KERAS = ("tensorflow-cpu==2.21.0", "tf2onnx==1.17.0")
+
+
+@pytest.fixture(scope="session")
+def keras_exports() -> dict[str, Path]:
+    """Keras ResNet50 and MobileNetV3Small (224) and an MTCNN ONet-like stack (48) exported by
+    tf2onnx (NHWC inputs, Transposes around convs, PReLU written as Relu/Neg/Mul/Add), made
+    once in a TensorFlow venv under ``CACHE`` (a few minutes the first time)."""
+    folder = CACHE / ("keras-" + "-".join(KERAS).replace("==", ""))
+    names = ("resnet50", "mobilenetv3small", "onet")
+    if not all((folder / f"{n}.onnx").exists() for n in names):
+        venv = CACHE / "tf-venv"
+        python = venv / "bin" / "python"
+        if not python.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        result = subprocess.run([str(python), "-m", "pip", "install", "-q", *KERAS],
+                                capture_output=True, text=True, timeout=1200)
+        if result.returncode != 0:
+            pytest.skip(f"cannot install {' '.join(KERAS)}: {result.stderr[-300:]}")
+        folder.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([str(python), str(REPO / "tests" / "keras_exports.py"),
+                                 str(folder)], capture_output=True, text=True, timeout=1200,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                     "CUDA_VISIBLE_DEVICES": ""})
+        assert result.returncode == 0, result.stderr[-2000:]
+    return {name: folder / f"{name}.onnx" for name in names}
+
+
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real ``onnxscale`` command line in a subprocess (as a user would)."""
     result = subprocess.run([sys.executable, "-m", "onnxscale", *args], capture_output=True,
@@ -232,6 +274,29 @@ def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
         raise AssertionError(f"onnxscale {' '.join(args)} failed: {result.stderr}")
     return result
+
+
+def scale_and_run_cli(source: Path, out: Path, *args: str) -> dict:
+    """``onnxscale scale SOURCE ARGS -o OUT --json`` as a user runs it; the written model is
+    then run once in ONNX Runtime at the input dims the summary gives.  The summary."""
+    import json
+
+    result = run_cli("scale", str(source), *args, "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    rng = np.random.default_rng(0)
+    feeds = {name: rng.standard_normal(dims).astype(np.float32)
+             for name, dims in summary["scaled"]["inputs"].items()}
+    for output in ort_run(out, feeds):
+        assert np.isfinite(output).all()
+    return summary
+
+
+def ort_input_name(path: Path) -> str:
+    """The first graph input's name of a saved model (exporters name it differently)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
 
 
 def ort_run(path_or_proto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from onnxscale.scaling.pipeline import (Multipliers, ScaleOptions, check, compar
                                         scale_model)
 from onnxscale.scaling.strategy import round_depth
 
-from .conftest import ort_run, run_cli
+from .conftest import ort_run, run_cli, scale_and_run_cli
 
 TOLERANCE = 1e-4
 MODELS = [
@@ -216,6 +216,22 @@ def test_dense_blocks_append_layers_exactly(exports, exporter):
     shrunk = deepen(proto, 0.5)
     assert not shrunk.exact and shrunk.scaled.flops < 0.6 * shrunk.base.flops
     assert np.isfinite(compare_outputs(proto, shrunk.model, shrunk.base.inputs))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_densenet_at_its_native_size_deepens_exactly_through_the_cli(exports, exporter,
+                                                                       tmp_path):
+    """The user's path: a DenseNet-121 exported untrained at 224 (every BN scale 1, which the
+    legacy exporter shares among unrelated layers), `scale --depth 2 --verify` on the CLI,
+    and the written file run in ONNX Runtime.  A dense block's readers once resized such a
+    shared BN scale for all its readers: the file ORT refused was reported 'function
+    preserved: yes'; dWr 4x was an internal error."""
+    source = exports("densenet121", exporter, res=224, init="default")
+    summary = scale_and_run_cli(source, tmp_path / "deeper.onnx", "--depth", "2", "--verify")
+    assert summary["exact"] and summary["verified_rel_l2"] <= TOLERANCE
+    summary = scale_and_run_cli(source, tmp_path / "dwr4.onnx", "--strategy", "dWr",
+                                "--flops", "4x")
+    assert abs(summary["scaled"]["flops"] / summary["base"]["flops"] - 4) < 0.06
 
 
 @pytest.mark.parametrize("name, exporter", [("local.plain", "legacy"), ("local.plain", "dynamo"),

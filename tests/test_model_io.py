@@ -59,15 +59,73 @@ def test_never_overwrites_the_input(tmp_path):
         model_io.save_model(zoo.build("resnet-18"), tmp_path / "no" / "x.onnx")
 
 
-def test_removing_a_written_model_takes_its_data_file_and_no_other(tmp_path, monkeypatch):
-    """`remove_model` (an output that failed onnx's checker) removes OUT.data only when OUT
-    keeps its weights there: a stale file of that name from another run stays."""
-    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 1000)
-    big = model_io.save_model(zoo.build("resnet-18"), tmp_path / "big.onnx")
-    model_io.remove_model(big)
-    assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 10**12)
-    stale = tmp_path / "small.onnx.data"
-    stale.write_bytes(b"someone else's")
-    model_io.remove_model(model_io.save_model(zoo.build("resnet-18"), tmp_path / "small.onnx"))
-    assert list(tmp_path.iterdir()) == [stale]
+def _external_copy(proto: onnx.ModelProto, path) -> None:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    onnx.save(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=1024)
+
+
+def test_a_lazy_load_reads_no_large_weight_and_analyzes_the_same(tmp_path):
+    """Analysis needs dims only: large external tensors stay in their file (deferred), small
+    ones are read; the figures equal those of the model loaded whole."""
+    from onnxscale import external
+    from onnxscale.complexity import analyze
+    from onnxscale.graph import Graph
+
+    path = tmp_path / "r18.onnx"
+    _external_copy(zoo.build("resnet-18"), path)
+    lazy = model_io.load_model(str(path), lazy=True).proto
+    eager = model_io.load_model(str(path)).proto
+    deferred = [t for t in lazy.graph.initializer if external.is_deferred(t)]
+    assert deferred and all(not t.raw_data for t in deferred)
+    assert lazy.ByteSize() < 200_000 < eager.ByteSize()
+    assert not any(external.is_deferred(t) for t in eager.graph.initializer)
+    a, b = analyze(Graph(lazy)), analyze(Graph(eager))
+    assert (a.flops, a.params, a.acts) == (b.flops, b.params, b.acts)
+    big = max(deferred, key=lambda t: external.data_bytes(t))
+    eager_big = next(t for t in eager.graph.initializer if t.name == big.name)
+    assert (external.array(big) == onnx.numpy_helper.to_array(eager_big)).all()
+
+
+def test_a_data_file_shorter_than_its_tensors_is_refused(tmp_path):
+    path = tmp_path / "r18.onnx"
+    _external_copy(zoo.build("resnet-18"), path)
+    data = tmp_path / "r18.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    with pytest.raises(OnnxscaleError, match="shorter"):
+        model_io.load_model(str(path), lazy=True)
+
+
+@pytest.mark.parametrize("external_output", [False, True])
+def test_scaling_a_model_with_external_data_streams_its_weights(tmp_path, monkeypatch,
+                                                                external_output):
+    """`scale` of an external-data model: weights it copies are read from the input's data
+    file one at a time, weights it computes go to a scratch file beside the output (forced
+    here for a small model) and are streamed into the output, inline or as external data;
+    the written model computes what scaling the model held in memory gives."""
+    import numpy as np
+
+    from onnxscale.scaling import job
+    from onnxscale.scaling.pipeline import Multipliers, Planner, ScaleOptions
+
+    from .conftest import ort_run
+
+    source = tmp_path / "in" / "r18.onnx"
+    source.parent.mkdir()
+    _external_copy(zoo.build("resnet-18"), source)
+    shapes = {"input": [1, 3, 64, 64]}
+    results = []
+    for lazy, spill in ((False, False), (True, True)):
+        monkeypatch.setattr(job, "SPILL_MODEL_BYTES", 0 if spill else 1 << 62)
+        monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD",
+                            1000 if external_output and spill else 1 << 40)
+        loaded = model_io.load_model(str(source), lazy=lazy)
+        plan = Planner(loaded.proto, shapes).plan(Multipliers(d=2.0, w=1.5), ScaleOptions())
+        out = tmp_path / f"out-{lazy}.onnx"
+        job.write_job(loaded, shapes, job.Planned(job.Job(), plan), out, False)
+        results.append(ort_run(out, {"input": np.ones(shapes["input"], np.float32)})[0])
+        assert (tmp_path / f"out-{lazy}.onnx.data").exists() == (external_output and spill)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # scratch removed
+    np.testing.assert_array_equal(results[0], results[1])
+    assert sorted(p.name for p in source.parent.iterdir()) == ["r18.onnx", "r18.onnx.data"]

@@ -53,9 +53,10 @@ ZERO_THROUGH = {"Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squee
 ROOT = ("root",)
 REPEATABLE = ("residual", "plain", "module", "dense")  # block kinds a stage can repeat
 SATURATE = -1.0e4   # a gate's pre-activation bias that makes Sigmoid/HardSigmoid exactly 0
-# Ops whose channel dimension (axis 1) an instantiated block may change.
+# Ops whose channel dimension an instantiated block may change (Transpose and Pad: NHWC
+# exports wrap each conv in Transposes and pad explicitly before strided ones).
 INSTANTIABLE = ({"Conv", "BatchNormalization", "GlobalAveragePool", "ReduceMean", "MaxPool",
-                 "AveragePool"} | ELEMENTWISE) - {"PRelu"}
+                 "AveragePool", "Transpose", "Pad"} | ELEMENTWISE)
 
 
 @dataclass
@@ -97,10 +98,24 @@ class Stage:
     reason: str = ""
     nested: bool = False  # residual blocks inside a branch, off the spine (CSP)
     dense: str = ""       # dense stages: the Concat that joins the layers' outputs
+    channel_axis: int = 1  # of the stage's output: 3 where an NHWC export transposes back
 
     @property
     def shape(self) -> tuple | None:
         return self.blocks[-1].out_shape
+
+    @property
+    def resolution(self) -> str:
+        """``HxW`` of the stage's output, whichever its layout (NCHW, or NHWC exports)."""
+        shape = self.shape
+        if not shape or len(shape) < 3:
+            return "?"
+        return "x".join(str(d) for i, d in enumerate(shape[1:], 1) if i != self.channel_axis)
+
+    @property
+    def width(self) -> int | None:
+        shape = self.shape
+        return int(shape[self.channel_axis]) if shape and len(shape) > 1 else None
 
     @property
     def repeats(self) -> list[Block]:
@@ -311,9 +326,10 @@ def _elementwise(graph: Graph, ops: list[str], start: str, end: str) -> bool:
 
 
 def linear_output(graph: Graph, tensor: str) -> bool:
-    """Whether ``tensor`` is a conv/linear output through BN or affine constants only."""
+    """Whether ``tensor`` is a conv/linear output through BN, affine constants or a
+    Transpose (NHWC exports transpose every conv output back) only."""
     node = graph.producer.get(tensor)
-    while node is not None and node.op_type in AFFINE:
+    while node is not None and (node.op_type in AFFINE or node.op_type == "Transpose"):
         data = data_inputs(graph, node)
         if len(data) != 1:
             return False
@@ -603,6 +619,9 @@ def _stages(graph: Graph, pieces: list[Block]) -> list[Stage]:
         stages.append(current)
     for stage in stages:
         _stage_mode(graph, stage)
+        last = stage.blocks[-1]
+        stage.channel_axis = channel_axes(graph, last).get(last.output, 1) \
+            if last.out_shape is not None and len(last.out_shape) == 4 else 1
     return stages
 
 
@@ -622,6 +641,12 @@ def instantiation_problem(graph: Graph, block: Block) -> str:
     """Why ``block`` cannot be re-instantiated as a stride-1 repeat ("" when it can)."""
     if block.in_shape is None or block.out_shape is None or len(block.out_shape) != 4:
         return "not a 4-D (NCHW) block"
+    axes = channel_axes(graph, block)
+    if block.input not in axes or block.output not in axes:
+        return "its channel axis cannot be told (no conv fixes its layout)"
+    if axes[block.input] != axes[block.output]:
+        return (f"it reads channels on axis {axes[block.input]} and writes them on axis "
+                f"{axes[block.output]} (a Transpose inside): a copy cannot read its output")
     shortcut = set(block.shortcut)
     for name in block.nodes:
         node = graph.node(name)
@@ -636,6 +661,42 @@ def instantiation_problem(graph: Graph, block: Block) -> str:
     if block.zero is None:
         return "no layer at its end can be zeroed for an identity start"
     return ""
+
+
+def channel_axes(graph: Graph, block: Block) -> dict[str, int]:
+    """The channel axis of every 4-D tensor of ``block``: 1 at every conv (NCHW), moved by
+    each Transpose (NHWC exports wrap every conv in a pair), kept by every other op."""
+    axes: dict[str, int] = {}
+    nodes = [graph.node(name) for name in block.nodes]
+    for node in nodes:
+        if node.op_type == "Conv":
+            axes[node.input[0]] = axes[node.output[0]] = 1
+    for _ in range(len(nodes)):
+        before = len(axes)
+        for node in nodes:
+            maps = [t for t in node.input[:1] if _rank(graph, t) == 4]
+            out = node.output[0]
+            if not maps or _rank(graph, out) != 4:
+                continue
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if node.op_type == "Transpose" and perm:
+                if maps[0] in axes:
+                    axes.setdefault(out, perm.index(axes[maps[0]]))
+                if out in axes:
+                    axes.setdefault(maps[0], perm[axes[out]])
+            elif node.op_type != "Conv":
+                for t in node.input:
+                    if _rank(graph, t) == 4 and (t in axes or out in axes):
+                        axes.setdefault(out, axes.get(t, axes.get(out)))
+                        axes.setdefault(t, axes[out])
+        if len(axes) == before:
+            break
+    return axes
+
+
+def _rank(graph: Graph, tensor: str) -> int:
+    shape = graph.shapes.get(tensor) if tensor else None
+    return len(shape) if shape is not None else -1
 
 
 # ---- same-shape modules without a skip (Inception, ShuffleNet units) -----------------------
@@ -804,10 +865,8 @@ def describe(found: BlockMap) -> dict:
     """A JSON-able view of the stages and pieces (``onnxscale blocks --json``)."""
     stages = []
     for stage in found.stages:
-        shape = stage.shape
         stages.append({
-            "index": stage.index, "resolution": "x".join(map(str, shape[2:])) if shape else "?",
-            "width": int(shape[1]) if shape and len(shape) > 1 else None,
+            "index": stage.index, "resolution": stage.resolution, "width": stage.width,
             "depth": len(stage.blocks), "scalable": bool(stage.mode), "mode": stage.mode,
             "reason": stage.reason, "nested": stage.nested,
             "blocks": [_describe_block(stage, block) for block in stage.blocks]})

@@ -28,10 +28,12 @@ from ..errors import OnnxscaleError
 from ..graph import FLOAT_TYPES, Graph
 from ..hollow import Hollow
 from .init import he_normal
-from .blocks import Block, Stage, find_blocks, instantiation_problem, spatial_layer, weight_of
+from .blocks import (Block, Stage, channel_axes, find_blocks, instantiation_problem,
+                     spatial_layer, weight_of)
 from .dense import channel_readers
 from .plan import Edit, ScaleOptions
-from .protoedit import Tensors, copy_model, prune_dead, remove_attribute, set_attribute
+from .protoedit import (Tensors, copy_model, prune_dead, remove_attribute, set_attribute,
+                        update_value_info)
 from .strategy import stage_depth
 
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
@@ -52,10 +54,14 @@ def scale_depth(proto: onnx.ModelProto, graph: Graph, d: float, options: ScaleOp
     for stage in found.stages:
         rows.append(editor.scale_stage(stage, d, notes))
     model = editor.finish()
+    deeper = Graph(model, dict(graph.inputs))
+    # a dense block's Concat and its readers grow: their declared shapes (dynamo exports
+    # declare every intermediate) must follow, or ORT refuses the file
+    update_value_info(model, graph.shapes, deeper.shapes)
     exact = all(row["exact"] for row in rows)
     if options.init == "random" and any(row["new"] > row["old"] for row in rows):
         notes.append("new blocks have random weights (--init random): outputs differ")
-    return Edit("depth", model, exact, {"stages": rows}, notes)
+    return Edit("depth", model, exact, {"stages": rows}, notes, graph=deeper)
 
 
 def depth_key(found, d: float, rounding: str = "pycls") -> tuple[int, ...]:
@@ -83,8 +89,8 @@ class _Editor:
         old = len(stage.blocks)
         wanted = stage_depth(d, old, self.options.rounding)
         new = wanted if stage.mode else old
-        row = {"stage": stage.index, "resolution": _resolution(stage.shape),
-               "width": _width(stage.shape), "old": old, "new": new, "mode": stage.mode,
+        row = {"stage": stage.index, "resolution": stage.resolution if stage.shape else "-",
+               "width": stage.width, "old": old, "new": new, "mode": stage.mode,
                "exact": True}
         if not stage.mode and wanted != old:
             notes.append(f"stage {stage.index} kept at {old} block(s): {stage.reason}")
@@ -201,7 +207,11 @@ class _Editor:
             self.nodes[edit.node].input[edit.index] = self.tensors.add(value, node.input[
                 edit.index])
             return
-        self.tensors.set(source, edit.apply(self.graph.value(source), channels))
+        value = edit.apply(self.graph.value(source), channels)
+        if _readers(self.graph, source) == [edit.node]:
+            self.tensors.set(source, value)
+        else:  # legacy exports share equal weights (BN scales at 1) among unrelated layers
+            self.nodes[edit.node].input[edit.index] = self.tensors.add(value, source)
 
     def _shrink(self, stage: Stage, new: int) -> None:
         """Drop the stage's last blocks; what read the stage's output reads the kept one's."""
@@ -380,12 +390,17 @@ def _rename_output(node: onnx.NodeProto, old: str, new: str) -> None:
             node.output[i] = new
 
 
-def _resolution(shape) -> str:
-    return "x".join(str(d) for d in shape[2:]) if shape and len(shape) > 2 else "-"
-
-
-def _width(shape) -> int | None:
-    return int(shape[1]) if shape and len(shape) > 1 else None
+def _readers(graph: Graph, weight: str) -> list[str]:
+    """The nodes that read ``weight``'s values, directly or through Identity nodes (Shape
+    readers follow it: dynamo exports compute a zero bias from a weight's shape)."""
+    found, stack = [], [weight]
+    while stack:
+        for node in graph.consumers.get(stack.pop(), []):
+            if node.op_type == "Identity":
+                stack.append(node.output[0])
+            elif node.op_type not in ("Shape", "Size"):
+                found.append(node.name)
+    return found
 
 
 # ---- random weights --------------------------------------------------------------------------
@@ -419,12 +434,17 @@ class _Instance:
 
     def __init__(self, graph: Graph, block: Block, tie: str):
         self.graph, self.block = graph, block
-        self.c_in, self.c_out = int(block.in_shape[1]), int(block.out_shape[1])
         problem = instantiation_problem(graph, block)
         if problem:
             raise OnnxscaleError(problem)
+        self.axes = channel_axes(graph, block)  # NHWC exports: axis 3 between Transposes
+        self.c_in, self.c_out = self.channels(block.input), self.channels(block.output)
         self.width = self._widths(tie)
         self.groups = self._groups()
+
+    def channels(self, tensor: str) -> int:
+        """The channel count of a 4-D tensor of the block, on its own channel axis."""
+        return int(self.graph.shapes[tensor][self.axes.get(tensor, 1)])
 
     def _widths(self, tie: str) -> dict[str, int]:
         """New channel count of every 4-D tensor of the block, by channel group."""
@@ -447,7 +467,7 @@ class _Instance:
                 origin[out] = node
                 continue
             for t in node.input:
-                if t and t not in graph.consts and _is_map(graph, t) and graph.shapes[t][1] > 1:
+                if t and t not in graph.consts and _is_map(graph, t) and self.channels(t) > 1:
                     a, b = find(t), find(out)
                     if a != b:
                         parent[a] = b
@@ -459,14 +479,14 @@ class _Instance:
             root = find(t)
             if root in roots:
                 continue
-            old = graph.shapes[t][1]
+            old = self.channels(t)
             pooled = all(d == 1 for d in graph.shapes[conv.input[0]][2:])
             scaled = pooled or tie == "input"
             roots[root] = max(1, round(old * self.c_out / self.c_in)) if scaled else old
         for name in block.nodes:
             for t in list(graph.node(name).input) + list(graph.node(name).output):
                 if t and _is_map(graph, t) and t not in graph.consts:
-                    widths[t] = roots.get(find(t), graph.shapes[t][1])
+                    widths[t] = roots.get(find(t), self.channels(t))
         return widths
 
     def _groups(self) -> dict[str, int]:
@@ -504,8 +524,13 @@ class _Instance:
         if node.op_type == "BatchNormalization":
             return (self.width[node.input[0]],)
         out = node.output[0]
-        if len(old) >= 3 and out in self.width and old[-3] == graph.shapes[out][1]:
-            return old[:-3] + (self.width[out],) + old[-2:]
+        if out not in self.width:
+            return old
+        # a per-channel constant broadcast against the output: [C, 1, 1] under NCHW, [C]
+        # under NHWC (aligned from the right)
+        axis = len(old) - (4 - self.axes.get(out, 1))
+        if 0 <= axis < len(old) and old[axis] == self.channels(out) > 1:
+            return old[:axis] + (self.width[out],) + old[axis + 1:]
         return old
 
     def resize(self, shape: tuple[int, ...], array: np.ndarray) -> np.ndarray:
@@ -516,14 +541,22 @@ class _Instance:
         return array
 
     def adjust(self, clone: onnx.NodeProto, node: onnx.NodeProto) -> None:
-        """Group count, stride 1 and 'same' padding of a copied conv or pool."""
+        """Group count, stride 1 and 'same' padding of a copied conv or pool (an explicit
+        Pad before a strided one, as TensorFlow exports write, goes: the copy pads itself)."""
         if node.name in self.groups:
             set_attribute(clone, "group", self.groups[node.name])
+        if node.op_type == "Pad" and self._pads_strided(node):
+            clone.op_type = "Identity"
+            del clone.input[1:]
+            del clone.attribute[:]
+            return
         if node.op_type not in WINDOW_OPS:
             return
         strides = _attr(node, "strides", None)
-        if not strides or max(strides) == 1:
-            return
+        shapes = self.graph.shapes
+        keeps_size = shapes[node.input[0]][2:] == shapes[node.output[0]][2:]
+        if (not strides or max(strides) == 1) and keeps_size:
+            return  # already stride 1 with 'same' padding (a 'valid' conv is not)
         kernel = (_attr(node, "kernel_shape", None)
                   or list(self.graph.shapes[node.input[1]][2:]))
         dilations = _attr(node, "dilations", [1] * len(kernel))
@@ -531,6 +564,21 @@ class _Instance:
         set_attribute(clone, "strides", [1] * len(kernel))
         remove_attribute(clone, "auto_pad")
         set_attribute(clone, "pads", [t // 2 for t in totals] + [t - t // 2 for t in totals])
+
+
+    def _pads_strided(self, pad: onnx.NodeProto) -> bool:
+        """Whether ``pad`` feeds (through Transposes) a strided conv or pool of the block."""
+        inside = set(self.block.nodes)
+        readers = list(self.graph.consumers.get(pad.output[0], []))
+        while readers:
+            node = readers.pop()
+            if node.name not in inside:
+                continue
+            if node.op_type == "Transpose":
+                readers += self.graph.consumers.get(node.output[0], [])
+            elif node.op_type in WINDOW_OPS:
+                return max(_attr(node, "strides", None) or [1]) > 1
+        return False
 
 
 def _is_map(graph: Graph, tensor: str) -> bool:

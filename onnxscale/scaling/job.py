@@ -9,16 +9,22 @@ with an unreachable cell is refused before a single file is written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import external
 from ..errors import OnnxscaleError
 from .pipeline import (Planner, apply_plan, check, check_base, compare_outputs,
                        default_output, stamp)
 from .plan import Multipliers, Plan, ScaleOptions
+from .resolution import spatial_axes
 from .solver import TOLERANCE, Solution, solve
 from .strategy import preset_multipliers
+
+
+SPILL_MODEL_BYTES = 512 << 20  # scaled models with more weights than this rewrite via disk
 
 
 @dataclass
@@ -86,24 +92,30 @@ def grid_output(source: str, job: Job, folder: Path) -> Path:
 def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Path | None,
               verify: bool) -> dict:
     """Apply a plan with real weights, write it atomically, check it; the ``--json`` object."""
-    from ..model import remove_model, save_model
+    from ..loadcheck import NotLoadable, refusal, weightless_twin
+    from ..model import save_model
 
     plan = planned.plan
-    outcome = apply_plan(loaded.proto, shapes, plan)
-    if verify and outcome.inputs != outcome.base.inputs:
+    target = output or default_output(loaded.source, plan.multipliers, plan.options)
+    if verify and plan.inputs != plan.base.inputs:
         raise OnnxscaleError("--verify runs both models on the same inputs, but the scaled "
                              "model's input size differs (--resolution, --batch, or a "
                              "strategy or preset that scales resolution)")
-    scaled = stamp(outcome, loaded.source, plan.multipliers, plan.options)
-    target = output or default_output(loaded.source, plan.multipliers, plan.options)
-    save_model(scaled, target, protect=loaded.path)
-    outcome.model = scaled = None  # checked from the file: one model in memory at a time
-    try:
-        check(str(target))
-    except OnnxscaleError:
-        remove_model(target)  # an invalid model is not an output
-        check_base(loaded.proto, loaded.source)
-        raise
+    with _weights_on_disk(plan, target):
+        outcome = apply_plan(loaded.proto, shapes, plan)
+        scaled = stamp(outcome, loaded.source, plan.multipliers, plan.options)
+        # nothing is written that fails onnx's checker or that ORT refuses; both look at the
+        # weightless twin (`loadcheck`): the structure, without reading a weight again
+        try:
+            check(weightless_twin(scaled))
+        except OnnxscaleError:
+            check_base(weightless_twin(loaded.proto), loaded.source)
+            raise
+        why = refusal(scaled, outcome.inputs, loaded.proto)
+        if why is not None:
+            raise NotLoadable(f"the scaled model would not load: {why}")
+        save_model(scaled, target, protect=loaded.path)
+        outcome.model = scaled = None
     difference = None
     if verify:
         difference = compare_outputs(loaded.proto, str(target), outcome.base.inputs)
@@ -112,13 +124,31 @@ def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Pa
     if planned.solution is not None:
         result["strategy"] = {"name": job.strategy, "weights": job.weights,
                               "flops": job.flops, **planned.solution.summary()}
+        by_reason: dict[str, list[str]] = {}
         for letter, why in planned.solution.unavailable.items():
-            result["notes"].insert(0, f"{job.strategy}: {letter} cannot be scaled on this "
-                                      f"model ({why}); the other dimensions keep the "
-                                      f"strategy's proportions (--strict refuses instead)")
+            by_reason.setdefault(why, []).append(letter)
+        for why, letters in reversed(by_reason.items()):
+            result["notes"].insert(0, f"{job.strategy}: {' and '.join(sorted(letters))} "
+                                      f"cannot be scaled on this model ({why}); the other "
+                                      f"dimensions keep the strategy's proportions (--strict "
+                                      f"refuses instead)")
     if job.preset:
         result["preset"] = job.preset
+    if loaded.rewritten:
+        fused = ", ".join(f"{op} x{count}" for op, count in sorted(loaded.rewritten.items()))
+        result["notes"].append(f"read and written as the standard ONNX ops they compute: "
+                               f"{fused}")
     return result
+
+
+def _weights_on_disk(plan: Plan, target: Path):
+    """Computed weights go to a scratch file beside the output while a large model is
+    rewritten and written (`external.Spill`): peak memory stays near one weight, not the
+    model.  Small models stay in memory, where they are faster."""
+    folder = Path(target).resolve().parent
+    if plan.weight_bytes < SPILL_MODEL_BYTES or not folder.is_dir():
+        return contextlib.nullcontext()  # (a missing folder is save_model's to report)
+    return external.Spill(folder)
 
 
 def summary(output: str, outcome, multipliers: Multipliers, difference) -> dict:
@@ -135,6 +165,26 @@ def summary(output: str, outcome, multipliers: Multipliers, difference) -> dict:
               "stages": details.get("depth", {}).get("stages", []),
               "notes": [note for edit in outcome.edits for note in edit.notes],
               "edits": [{"kind": e.kind, "exact": e.exact, **e.details} for e in outcome.edits]}
+    result["realized"] = realized(result)
     if difference is not None:
         result["verified_rel_l2"] = difference
     return result
+
+
+def realized(result: dict) -> dict[str, float]:
+    """What the model got, as multipliers: blocks, channels (of the channel groups that
+    changed) and input size, new over old.  Rounding to whole blocks, multiples of 8 channels
+    and the sizes a model accepts can leave these far from the multipliers searched
+    (``--flops 0.001x`` searches w = 7.7e-05 and gets 8 of 64 channels: x0.125)."""
+
+    def ratio(rows, key_old="old", key_new="new") -> float:
+        old = sum(row[key_old] for row in rows)
+        return sum(row[key_new] for row in rows) / old if old else 1.0
+
+    stages = [row for row in result["stages"] if row.get("mode")]
+    groups = [row for row in result["groups"] if row["new"] != row["old"]]
+    sides = [(b[axis], a[axis]) for b, a in zip(result["base"]["inputs"].values(),
+                                                result["scaled"]["inputs"].values())
+             if b and a and len(b) == len(a) for axis in spatial_axes(b)[-1:]]
+    return {"d": ratio(stages), "w": ratio(groups),
+            "r": sides[0][1] / sides[0][0] if sides and sides[0][0] else 1.0}

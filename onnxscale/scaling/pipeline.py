@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import __version__
+from .. import __version__, external
 from ..complexity import Report, analyze
 from ..errors import OnnxscaleError, UsageError
 from ..graph import Graph, contradicts, declared_dims, with_input_dims
@@ -93,9 +93,7 @@ class Planner:
         for letter in letters:
             try:
                 self.plan(probes[letter], options)
-            except (TooLarge, QuantizedModel) as exc:
-                if isinstance(exc, QuantizedModel):
-                    raise
+            except TooLarge:
                 continue
             except OnnxscaleError as exc:
                 found[letter] = str(exc)
@@ -121,10 +119,10 @@ class _DepthCache:
         key = (depth_key(self.found, d, options.rounding), options.init, options.seed)
         if key not in self.models:
             edit = scale_depth(proto, graph, d, options, found=self.found)
-            model, edit.model = edit.model, None
+            model, deeper, edit.model, edit.graph = edit.model, edit.graph, None, None
             if len(self.models) >= 8:  # hollow models are small, but a search is long
                 self.models.pop(next(iter(self.models)))
-            self.models[key] = (model, edit, Graph(model, dict(graph.inputs)))
+            self.models[key] = (model, edit, deeper)
         return self.models[key]
 
 
@@ -386,6 +384,7 @@ def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto | bytes | str
 
     graph = Graph(base, input_shapes)
     feeds = random_inputs(graph, seed)
+    base = external.materialized_model(base)  # ORT reads it from bytes: no data file path
     if _declares_other_dims(base, graph.inputs):  # --input-shape over fixed dims: run at those
         base = with_input_dims(base, graph.inputs)
     results = []

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import external
 from ..hollow import Hollow, copy_fields, fill_hollow
 
 
@@ -89,6 +90,11 @@ def fill_tensor(tensor: onnx.TensorProto, name: str, array: np.ndarray) -> None:
     array = np.asarray(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
+    spill = external.active_spill()
+    if spill is not None and array.nbytes >= external.SPILL_BYTES:  # a large model: to disk
+        spill.write(tensor, name, memoryview(np.ascontiguousarray(array)).cast("B"),
+                    array.shape, helper.np_dtype_to_tensor_dtype(array.dtype))
+        return
     tensor.Clear()
     tensor.name = name
     tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)

@@ -10,7 +10,8 @@ structure with exact complexity, no weight written), and apply only the winner:
    step while flops barely move (a strategy whose width is already at its floor, say);
 2. bisect s (in log space) between the closest plans under and over the target;
 3. if rounding still leaves a gap (a whole block or 4 more pixels can jump over the target),
-   close it with width alone, the finest-grained dimension;
+   close it with width alone, the finest-grained dimension (with the group width held at
+   its value or a neighbour's where wide groups make w and g jump together);
 4. refuse, before anything is written, when no plan lands within the tolerance: the target is
    below the smallest model the strategy makes (every stage at one block, every width at the
    divisor), above the largest within the size limit (``--max-size``), or between two steps.
@@ -37,6 +38,7 @@ MAX_BRACKET = 40   # evaluations to bracket the target (or find the strategy's f
 MAX_BISECT = 30    # evaluations to bisect the bracket
 REFINE_EVALUATIONS = 12
 EXTRA_REFINES = 3  # further starting plans for width refinement when the closest two fail
+GROUP_WIDTH_STEPS = (1.0, 0.95, 1.05, 0.9, 1.1)  # g held here while w alone closes the gap
 
 
 class Unreachable(UsageError):
@@ -209,6 +211,8 @@ class _Search:
                 if self._done():
                     break
                 self._refine_width(s, flops)
+        if self.weights["w"] > 0 and self.weights["g"] > 0 and not self._done():
+            self._refine_group_width()
         if self.weights["w"] > 0 and self.weights["r"] > 0 and not self._done():
             self._refine_resolution()
         best = self.best
@@ -304,6 +308,21 @@ class _Search:
                 starts.append(item)
         return starts
 
+    def _refine_group_width(self) -> None:
+        """Grouped convs with wide groups (RegNet's 64 and more) keep every bottleneck width a
+        multiple of the group width, so w and g moving together jump a whole group per stage
+        at once (timm's RegNetV-040: -3.0% to +2.8% with nothing between).  Holding g at its
+        value or a neighbouring one and moving w alone gives a finer grid."""
+        for s, _ in [side for side in (self.below, self.above) if side is not None]:
+            start = strategy_multipliers(self.weights, s)
+            for factor in GROUP_WIDTH_STEPS:
+                if self._done():
+                    return
+                m = dict(start, g=start["g"] * factor)
+                plan = self.evaluate(s, Multipliers(**m), refine="group width")
+                if plan is not None:
+                    self._refine_width(s, plan.scaled.flops, start=m, move_g=False)
+
     def _refine_resolution(self) -> None:
         """When width alone moves in steps too coarse (every layer of a DenseNet has the same
         width, so they all jump at once), try the neighbouring input sizes (one
@@ -323,7 +342,8 @@ class _Search:
                 if plan is not None:
                     self._refine_width(s, plan.scaled.flops, start=m.as_dict())
 
-    def _refine_width(self, s: float, flops: int, start: dict | None = None) -> None:
+    def _refine_width(self, s: float, flops: int, start: dict | None = None,
+                      move_g: bool = True) -> None:
         """Close the last gap with width alone, the finest-grained dimension.
 
         A depth or resolution step (a whole block, 4 more pixels that make every later feature
@@ -344,7 +364,8 @@ class _Search:
             else:
                 factor = last[0] * (self.target / last[1]) ** (1 / exponent)
             m = Multipliers(**dict(start, w=start["w"] * factor,
-                                   g=start["g"] * factor if self.weights["g"] else start["g"]))
+                                   g=start["g"] * factor if self.weights["g"] and move_g
+                                   else start["g"]))
             plan = self.evaluate(s, m, refine="width")
             if plan is None or self._done():
                 return
