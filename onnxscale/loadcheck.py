@@ -15,6 +15,7 @@ cost is that of its structure (milliseconds for a 1.5 GB model), and nothing big
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import onnx
 from onnx import helper
@@ -62,23 +63,38 @@ def _hollow_constant(node: onnx.NodeProto) -> onnx.TensorProto | None:
     return value if value is not None and is_hollow(value) else None
 
 
-def refusal(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
-            base: onnx.ModelProto | None = None) -> str | None:
-    """Why onnx's strict shape inference or ONNX Runtime would refuse ``proto`` (at
-    ``input_shapes``), or None.
+@dataclass
+class Verdict:
+    """What the load check found: why the scaled model must not be written, or what it could
+    not judge (ONNX Runtime refuses the given model too: an IR version or op newer than the
+    installed ORT knows is the model's matter, not the rewrite's)."""
+
+    refused: str | None = None
+    note: str | None = None
+
+
+def verdict(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
+            base: onnx.ModelProto | None = None) -> Verdict:
+    """Would onnx's strict shape inference, the conv-bias check or ONNX Runtime refuse
+    ``proto`` (at ``input_shapes``)?
 
     ``base``: the model ``proto`` was made from.  onnx's inference is stricter than ORT in
     places (exporters do write such models, and ORT runs them), so its verdict counts only
-    where it accepts the base; ORT's counts always, and a refusal the base shares too is
-    named as the input's."""
+    where it accepts the base; ORT's too."""
     twin = weightless_twin(proto)
     why = _onnx_refusal(twin)
     if why and not (base is not None and _onnx_refusal(weightless_twin(base))):
-        return why
-    why = _bias_refusal(Graph(hollow_model(proto), input_shapes)) or _ort_refusal(twin)
-    if why and base is not None and _ort_refusal(weightless_twin(base)):
-        return f"{why} (the given model is refused too, before any change: fix or re-export it)"
-    return why
+        return Verdict(why)
+    why = _bias_refusal(Graph(hollow_model(proto), input_shapes))
+    if why:
+        return Verdict(why)
+    why = _ort_refusal(twin)
+    if why and base is not None:
+        base_why = _ort_refusal(weightless_twin(base))
+        if base_why:
+            return Verdict(note=f"not load-checked: this ONNX Runtime refuses the given model "
+                                f"as well ({base_why})")
+    return Verdict(why)
 
 
 def _onnx_refusal(twin: onnx.ModelProto) -> str | None:

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxscale.loadcheck import NotLoadable, refusal, weightless_twin
+from onnxscale.loadcheck import NotLoadable, verdict, weightless_twin
 from onnxscale.model import LoadedModel
 from onnxscale.scaling import job
 from onnxscale.scaling.pipeline import Multipliers, Planner, ScaleOptions
@@ -42,7 +42,7 @@ def _net(bn_channels: int = 16, bias: int = 16) -> onnx.ModelProto:
 
 def test_a_valid_model_passes_and_its_twin_has_no_large_weight():
     model = _net()
-    assert refusal(model, SHAPES) is None
+    assert verdict(model, SHAPES).refused is None
     twin = weightless_twin(model)
     assert "w" in {v.name for v in twin.graph.input}
     assert "w" not in {t.name for t in twin.graph.initializer}
@@ -52,19 +52,25 @@ def test_a_valid_model_passes_and_its_twin_has_no_large_weight():
 def test_a_batchnorm_narrower_than_its_input_is_named():
     """What ORT said of the DenseNet that `scale --depth 2` once wrote: the BN node and the
     two sizes it cannot unify."""
-    why = refusal(_net(bn_channels=12), SHAPES)
+    why = verdict(_net(bn_channels=12), SHAPES).refused
     assert why is not None and "bn" in why and "12" in why and "16" in why
 
 
 def test_a_conv_bias_of_the_wrong_length_is_named():
     """ORT loads such a model and fails at its first run; the check sees it before."""
-    why = refusal(_net(bias=12), SHAPES)
+    why = verdict(_net(bias=12), SHAPES).refused
     assert why is not None and "'conv'" in why and "[12]" in why and "16 output" in why
 
 
-def test_a_refusal_the_base_shares_is_named_as_the_inputs():
-    broken = _net(bn_channels=12)
-    assert "given model is refused too" in refusal(broken, SHAPES, base=broken)
+def test_what_ort_refuses_in_the_given_model_too_is_a_note_not_a_refusal():
+    """An IR version newer than the installed ORT knows is the model's matter: the scaled
+    model is written, with a note that it could not be load-checked."""
+    newer = _net()
+    newer.ir_version = 99
+    found = verdict(newer, SHAPES, base=newer)
+    assert found.refused is None and "refuses the given model as well" in found.note
+    assert "IR version" in found.note
+    assert verdict(_net(bn_channels=12), SHAPES, base=_net()).refused
 
 
 def test_scale_writes_nothing_when_the_rewrite_would_be_refused(tmp_path, monkeypatch):

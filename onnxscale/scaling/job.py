@@ -92,7 +92,7 @@ def grid_output(source: str, job: Job, folder: Path) -> Path:
 def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Path | None,
               verify: bool) -> dict:
     """Apply a plan with real weights, write it atomically, check it; the ``--json`` object."""
-    from ..loadcheck import NotLoadable, refusal, weightless_twin
+    from ..loadcheck import NotLoadable, verdict, weightless_twin
     from ..model import save_model
 
     plan = planned.plan
@@ -111,15 +111,17 @@ def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Pa
         except OnnxscaleError:
             check_base(weightless_twin(loaded.proto), loaded.source)
             raise
-        why = refusal(scaled, outcome.inputs, loaded.proto)
-        if why is not None:
-            raise NotLoadable(f"the scaled model would not load: {why}")
+        load = verdict(scaled, outcome.inputs, loaded.proto)
+        if load.refused is not None:
+            raise NotLoadable(f"the scaled model would not load: {load.refused}")
         save_model(scaled, target, protect=loaded.path)
         outcome.model = scaled = None
     difference = None
     if verify:
         difference = compare_outputs(loaded.proto, str(target), outcome.base.inputs)
     result = summary(str(target), outcome, plan.multipliers, difference)
+    if load.note:
+        result["notes"].append(load.note)
     job = planned.job
     if planned.solution is not None:
         result["strategy"] = {"name": job.strategy, "weights": job.weights,
