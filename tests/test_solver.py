@@ -310,3 +310,15 @@ def _two_layer_net() -> onnx.ModelProto:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
                               inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_wide_groups_close_the_last_gap_with_the_group_width_held(exports, tmp_path):
+    """timm's RegNetV-040 (group width 64): w and g moving together jump a whole group per
+    stage, so dWr 2x was refused at -3.0% / +2.8%; holding g and moving w alone lands."""
+    from .conftest import scale_and_run_cli
+
+    source = exports("timm.regnetv_040", "legacy", 224)
+    summary = scale_and_run_cli(source, tmp_path / "rv.onnx", "--strategy", "dWr", "--flops",
+                                "2x")
+    assert abs(summary["scaled"]["flops"] / summary["base"]["flops"] / 2 - 1) <= 0.015
+    assert any(row.get("refine") == "group width" for row in summary["strategy"]["evaluations"])
