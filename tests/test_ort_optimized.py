@@ -107,12 +107,15 @@ def _optimized(source, target, level) -> None:
     ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("name", ["resnet18", "efficientnet_b0"])
-def test_ort_extended_outputs_analyze_and_scale_like_their_model(exports, tmp_path, name):
-    """ORT_ENABLE_EXTENDED output (FusedConv; QuickGelu for EfficientNet's SiLU): the same
+@pytest.mark.parametrize("name, exporter", [("resnet18", "legacy"), ("efficientnet_b0", "legacy"),
+                                            ("regnet_y_400mf", "dynamo")])
+def test_ort_extended_outputs_analyze_and_scale_like_their_model(exports, tmp_path, name,
+                                                                 exporter):
+    """ORT_ENABLE_EXTENDED output (FusedConv; QuickGelu for EfficientNet's SiLU; dynamo's
+    zero conv biases, whose Expand target ORT folds to the old channel count): the same
     pycls figures as the export it came from, --width 2 exact, dWr 4x on target and the
     written file run in ONNX Runtime at its new size (the user's path, at 224)."""
-    source = exports(name, "legacy", 224)
+    source = exports(name, exporter, 224)
     optimized = tmp_path / f"{name}.ort.onnx"
     _optimized(source, optimized, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED)
     assert any(n.domain == "com.microsoft" for n in onnx.load(str(optimized)).graph.node)

@@ -201,6 +201,7 @@ class Rules:
                 self.f.ties.append(Tie(node.name, layout.pieces, out, c_in // groups,
                                        c_out // groups, groups))
         self.f.layers.append(use)
+        self._computed_bias(node, y, c_out)
 
     def _convtranspose(self, node: onnx.NodeProto) -> None:
         if attrs(node).get("group", 1) != 1 or not self._const(node.input[1]):
@@ -248,6 +249,21 @@ class Rules:
             self.atoms.pin(layout.pieces, f"MatMul at node {node.name} reads another axis")
         self._fresh(y, len(self.g.shapes[y]) - 1, origin=node.name)
         self.f.layers.append(LayerUse(node.name, x, y, 1, 1, 0))
+
+    def _computed_bias(self, node: onnx.NodeProto, y: str, c_out: int) -> None:
+        """A bias computed by Expand (dynamo's zero bias): built from the weight's shape it
+        follows the new weight; a target ORT's optimizer folded into a constant spells out
+        the old channel count, and is rewritten with the output's width."""
+        bias = node.input[2] if len(node.input) > 2 else ""
+        producer = self.g.producer.get(bias) if bias and not self._const(bias) else None
+        if producer is None:
+            return
+        target = self.g.small_value(producer.input[1]) if producer.op_type == "Expand" else None
+        if target is None or target.size == 0 or int(target.reshape(-1)[-1]) != c_out:
+            self.atoms.pin(self.f.layouts[y].pieces,
+                           f"Conv at node {node.name} reads a computed bias of fixed length")
+            return
+        self.f.shape_uses.append(ShapeUse(producer.name, "reshape", (y,), target.size - 1))
 
     def _bias(self, node: onnx.NodeProto, index: int) -> int | None:
         """The index of a constant bias (a computed one, like dynamo's zero bias built from the
