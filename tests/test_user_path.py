@@ -2,9 +2,10 @@
 
 For one model of each family the suite knows (torchvision and timm with both exporters, the
 PaddleOCR models a PyPI wheel ships, local families no zoo has), `analyze`, `scale --depth 2`,
-`scale --width 2`, `scale --resolution 1.5` and `scale --strategy dWr --flops 4x` run through
-the command line (click's runner: the same code path as the console script, without paying
-the interpreter's start-up 25 times).  None may end in an internal error; a refusal is one
+`scale --width 2` (both with --verify: every "function preserved" is checked in ONNX Runtime),
+`scale --resolution 1.5` and `scale --strategy dWr --flops 4x` run through the command line
+(click's runner: the same code path as the console script, without paying the interpreter's
+start-up each time).  None may end in an internal error; a refusal is one
 line with exit code 1 or 2; dWr lands within 1.5% or is refused; and every model written is
 run once in ONNX Runtime at its new size.
 """
@@ -40,9 +41,10 @@ COARSE = {"local.crnn"}
 # the sizes the rapidocr wheel runs its PaddleOCR models at (its det resizes to a multiple of
 # 32 near 736; rec and cls take 48-pixel lines)
 PADDLE_SHAPES = {"det": "1x3x736x736", "rec": "1x3x48x320", "cls": "1x3x48x192"}
+# --verify where the input size stays: a "function preserved: yes" is then checked in ORT
 COMMANDS = {
-    "depth": ["--depth", "2"], "width": ["--width", "2"], "resolution": ["--resolution", "1.5"],
-    "dWr": ["--strategy", "dWr", "--flops", "4x"],
+    "depth": ["--depth", "2", "--verify"], "width": ["--width", "2", "--verify"],
+    "resolution": ["--resolution", "1.5"], "dWr": ["--strategy", "dWr", "--flops", "4x"],
 }
 
 
@@ -69,6 +71,8 @@ def user_path(path, tmp_path, extra: list[str], scale_extra: tuple[str, ...] = (
             outcomes[kind] = line
             continue
         summary = json.loads(result.stdout)
+        if summary["exact"] and "verified_rel_l2" in summary:  # fp16 weights: 1e-3
+            assert summary["verified_rel_l2"] <= 1e-3, (kind, summary["verified_rel_l2"])
         if kind == "dWr":
             assert abs(summary["scaled"]["flops"] / summary["base"]["flops"] / 4 - 1) <= 0.015
         rng = np.random.default_rng(0)
