@@ -35,7 +35,7 @@ class LoadedModel:
     proto: onnx.ModelProto
     source: str
     path: Path | None
-    # onnxruntime's fused ops read in their standard form (`standardform`), by op type
+    # fused ops and exporter idioms read as the standard ops they compute (`standardform`)
     rewritten: dict[str, int] = field(default_factory=dict)
 
 
