@@ -17,3 +17,14 @@ class UsageError(OnnxscaleError):
     """A malformed command-line value (exit code 2, like click's own usage errors)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line, without ONNX Runtime's
+    ``[ONNXRuntimeError] : 1 : FAIL :`` prefix (onnx's and ORT's messages go on with a dump
+    of the offending node)."""
+    import re
+
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)

@@ -90,11 +90,20 @@ def materialized(tensor: onnx.TensorProto) -> onnx.TensorProto:
     deferred)."""
     if not is_deferred(tensor):
         return tensor
-    copy = onnx.TensorProto()
-    copy.CopyFrom(tensor)  # cheap: a deferred tensor holds no data
-    del copy.external_data[:]
-    copy.ClearField("data_location")
+    copy = inline_shell(tensor)
     copy.raw_data = read(tensor)
+    return copy
+
+
+def inline_shell(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    """A copy of ``tensor`` without its external-data entries, data or location (cheap: a
+    deferred tensor holds no data); what it is once its bytes are put inline."""
+    copy = onnx.TensorProto()
+    copy.CopyFrom(tensor)
+    del copy.external_data[:]
+    for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                 "uint64_data", "string_data", "data_location"):
+        copy.ClearField(name)
     return copy
 
 

@@ -14,14 +14,13 @@ cost is that of its structure (milliseconds for a 1.5 GB model), and nothing big
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import onnx
 from onnx import helper
 
 from . import external
-from .errors import OnnxscaleError
+from .errors import OnnxscaleError, first_line
 from .graph import Graph
 from .hollow import copy_fields, hollow_model, is_hollow
 
@@ -74,14 +73,16 @@ class Verdict:
 
 
 def verdict(proto: onnx.ModelProto, input_shapes: dict[str, list[int]],
-            base: onnx.ModelProto | None = None) -> Verdict:
+            base: onnx.ModelProto | None = None,
+            twin: onnx.ModelProto | None = None) -> Verdict:
     """Would onnx's strict shape inference, the conv-bias check or ONNX Runtime refuse
     ``proto`` (at ``input_shapes``)?
 
     ``base``: the model ``proto`` was made from.  onnx's inference is stricter than ORT in
     places (exporters do write such models, and ORT runs them), so its verdict counts only
-    where it accepts the base; ORT's too."""
-    twin = weightless_twin(proto)
+    where it accepts the base; ORT's too.  ``twin``: ``proto``'s `weightless_twin`, when the
+    caller has it already."""
+    twin = twin if twin is not None else weightless_twin(proto)
     why = _onnx_refusal(twin)
     if why and not (base is not None and _onnx_refusal(weightless_twin(base))):
         return Verdict(why)
@@ -102,7 +103,7 @@ def _onnx_refusal(twin: onnx.ModelProto) -> str | None:
         onnx.shape_inference.infer_shapes(twin, check_type=True, strict_mode=True,
                                           data_prop=True)
     except Exception as exc:  # onnx raises InferenceError, or ValidationError for types
-        return f"onnx's strict shape inference refuses it: {_first_line(exc)}"
+        return f"onnx's strict shape inference refuses it: {first_line(exc)}"
     return None
 
 
@@ -138,12 +139,5 @@ def _ort_refusal(twin: onnx.ModelProto) -> str | None:
         ort.InferenceSession(twin.SerializeToString(), options,
                              providers=["CPUExecutionProvider"])
     except Exception as exc:
-        return f"ONNX Runtime refuses to load it: {_first_line(exc)}"
+        return f"ONNX Runtime refuses to load it: {first_line(exc)}"
     return None
-
-
-def _first_line(exc: Exception) -> str:
-    """The message without ORT's '[ONNXRuntimeError] : 1 : FAIL :' prefix or a node dump."""
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", line)

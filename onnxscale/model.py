@@ -227,10 +227,7 @@ def _encoded_size(tensor: onnx.TensorProto) -> int:
     the tensor less its external entries, plus the raw_data field (tag, length, bytes)."""
     if not external.is_deferred(tensor):
         return tensor.ByteSize()
-    shell = onnx.TensorProto()
-    shell.CopyFrom(tensor)
-    del shell.external_data[:]
-    shell.ClearField("data_location")
+    shell = external.inline_shell(tensor)
     length = external.data_bytes(tensor)
     return shell.ByteSize() + len(_varint(_RAW_DATA_FIELD << 3 | 2)) + len(_varint(length)) \
         + length
@@ -248,12 +245,7 @@ def _external_shells(proto: onnx.ModelProto, data, location: str) -> list[onnx.T
             _inline_raw(tensor).raw_data
         offset = data.tell()
         data.write(raw)
-        shell = onnx.TensorProto()
-        shell.CopyFrom(tensor)
-        for name in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
-                     "uint64_data", "string_data", "data_location"):
-            shell.ClearField(name)
-        del shell.external_data[:]
+        shell = external.inline_shell(tensor)
         shell.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", location), ("offset", str(offset)),
                            ("length", str(len(raw)))):

@@ -106,12 +106,13 @@ def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Pa
         scaled = stamp(outcome, loaded.source, plan.multipliers, plan.options)
         # nothing is written that fails onnx's checker or that ORT refuses; both look at the
         # weightless twin (`loadcheck`): the structure, without reading a weight again
+        twin = weightless_twin(scaled)
         try:
-            check(weightless_twin(scaled))
+            check(twin)
         except OnnxscaleError:
             check_base(weightless_twin(loaded.proto), loaded.source)
             raise
-        load = verdict(scaled, outcome.inputs, loaded.proto)
+        load = verdict(scaled, outcome.inputs, loaded.proto, twin)
         if load.refused is not None:
             raise NotLoadable(f"the scaled model would not load: {load.refused}")
         save_model(scaled, target, protect=loaded.path)

@@ -27,7 +27,7 @@ import onnx
 
 from .. import __version__, external
 from ..complexity import Report, analyze
-from ..errors import OnnxscaleError, UsageError
+from ..errors import OnnxscaleError, UsageError, first_line
 from ..graph import Graph, contradicts, declared_dims, with_input_dims
 from ..hollow import hollow_model
 from .depth import scale_depth
@@ -315,7 +315,7 @@ def check(model: onnx.ModelProto | bytes | str, full: bool = False) -> None:
     try:
         onnx.checker.check_model(model, full_check=full)
     except Exception as exc:
-        raise OnnxscaleError(f"the scaled model fails onnx's checker: {_first_line(exc)}") \
+        raise OnnxscaleError(f"the scaled model fails onnx's checker: {first_line(exc)}") \
             from exc
 
 
@@ -330,15 +330,9 @@ def check_base(proto: onnx.ModelProto, source: str) -> None:
         return
     except Exception as exc:
         raise OnnxscaleError(f"{source} fails onnx's checker before any change "
-                             f"({_first_line(exc)}); "
+                             f"({first_line(exc)}); "
                              f"fix or re-export it: nodes that are not scaled stay as they "
                              f"are") from exc
-
-
-def _first_line(exc: Exception) -> str:
-    """The checker's first line: its message goes on with the offending node's dump."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def default_output(source: str, multipliers: Multipliers, options: ScaleOptions) -> Path:
