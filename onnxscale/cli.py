@@ -789,7 +789,7 @@ def blocks(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
 
     Example: onnxscale blocks zoo:efficientnet-b0
     """
-    from .scaling.blocks import describe, find_blocks
+    from .scaling.depth.blocks import describe, find_blocks
 
     loaded, graph = load_graph(model, input_shapes)
     result = {"model": loaded.source,
@@ -817,7 +817,7 @@ def groups(model: str, input_shapes: tuple[str, ...], as_json: bool) -> None:
 
     Example: onnxscale groups zoo:regnety-400mf
     """
-    from .scaling.groups import find_groups
+    from .scaling.width.rules import find_groups
 
     loaded, graph = load_graph(model, input_shapes)
     found = find_groups(graph).groups()

@@ -26,6 +26,7 @@ from .errors import OnnxscaleError, UsageError
 from .hollow import FLOAT_TYPES, as_hollow, is_hollow  # noqa: F401 (FLOAT_TYPES: re-exported)
 from .hollow import SMALL as MAX_FOLD_ELEMENTS
 from .model import default_opset
+from .shapes import propagate
 
 # Folding constants keeps shape arithmetic (Shape -> Gather -> Concat -> Reshape) exact; we only
 # materialize small tensors (at most MAX_FOLD_ELEMENTS) so a weight never gets converted to
@@ -64,8 +65,6 @@ class Graph:
             for name in node.input:
                 if name:
                     self.consumers[name].append(node)
-        from .shapes import propagate
-
         propagate(self)
 
     # ---- construction -------------------------------------------------------------------

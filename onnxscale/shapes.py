@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .errors import OnnxscaleError
-from .graph import MAX_FOLD_ELEMENTS, Graph
+from .hollow import SMALL as MAX_FOLD_ELEMENTS
+
+if TYPE_CHECKING:  # the graph builds on this module (it propagates shapes when indexed)
+    from .graph import Graph
 
 Shape = tuple[int, ...]
 T = onnx.TensorProto

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def time_discovery(runs: int) -> None:
     from onnxscale.graph import Graph
-    from onnxscale.scaling.blocks import find_blocks
+    from onnxscale.scaling.depth.blocks import find_blocks
 
     model = deep_resnet()
     index, discovery = [], []

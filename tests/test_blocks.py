@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxscale import zoo
 from onnxscale.graph import Graph
-from onnxscale.scaling.blocks import find_blocks
+from onnxscale.scaling.depth.blocks import find_blocks
 
 from .conftest import run_cli
 

@@ -13,7 +13,7 @@ from onnxscale import zoo
 from onnxscale.complexity import analyze
 from onnxscale.errors import OnnxscaleError
 from onnxscale.graph import Graph
-from onnxscale.scaling.blocks import find_blocks
+from onnxscale.scaling.depth.blocks import find_blocks
 from onnxscale.scaling.pipeline import (Multipliers, ScaleOptions, check, compare_outputs,
                                         scale_model)
 from onnxscale.scaling.strategy import round_depth

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxscale.graph import Graph
-from onnxscale.scaling.groups import find_groups
+from onnxscale.scaling.width.rules import find_groups
 
 from .conftest import run_cli
 

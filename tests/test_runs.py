@@ -16,7 +16,7 @@ import pytest
 from onnxscale import zoo
 from onnxscale.scaling.pipeline import Planner, apply_plan, check
 from onnxscale.scaling.plan import Multipliers, ScaleOptions
-from onnxscale.scaling.resolution import FlattenedHeadSize
+from onnxscale.scaling.resolution.resize import FlattenedHeadSize
 from onnxscale.scaling.solver import TOLERANCE, solve
 from onnxscale.scaling.strategy import parse_strategy
 

@@ -19,7 +19,7 @@ from onnxscale.complexity import analyze
 from onnxscale.errors import OnnxscaleError
 from onnxscale.graph import Graph
 from onnxscale.scaling.pipeline import ScaleOptions, random_inputs
-from onnxscale.scaling.width import scale_width
+from onnxscale.scaling.width.widen import scale_width
 
 from .conftest import make_torch_model, ort_run, run_cli
 

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from onnxscale.errors import OnnxscaleError
 from onnxscale.graph import Graph
-from onnxscale.scaling.groups import find_groups
+from onnxscale.scaling.width.rules import find_groups
 from onnxscale.scaling.pipeline import ScaleOptions, random_inputs
-from onnxscale.scaling.width import scale_width
+from onnxscale.scaling.width.widen import scale_width
 
 from .conftest import ort_run
 from .test_groups import Net

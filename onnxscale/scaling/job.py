@@ -19,7 +19,7 @@ from ..errors import OnnxscaleError
 from .pipeline import (Planner, apply_plan, check, check_base, compare_outputs,
                        default_output, stamp)
 from .plan import Multipliers, Plan, ScaleOptions
-from .resolution import spatial_axes
+from .resolution.resize import spatial_axes
 from .solver import TOLERANCE, Solution, solve
 from .strategy import preset_multipliers
 

@@ -30,12 +30,12 @@ from ..complexity import Report, analyze
 from ..errors import OnnxscaleError, UsageError, first_line
 from ..graph import Graph, contradicts, declared_dims, with_input_dims
 from ..hollow import hollow_model
-from .depth import scale_depth
+from .depth.deepen import scale_depth
 from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOutcome,
                    format_bytes)
-from .resolution import FlattenedHeadSize, scale_resolution, spatial_axes
-from .sizes import InputSizes, find_sizes
-from .width import scale_width
+from .resolution.resize import FlattenedHeadSize, scale_resolution, spatial_axes
+from .resolution.sizes import InputSizes, find_sizes
+from .width.widen import scale_width
 
 __all__ = ["Multipliers", "ScaleOptions", "ScaleOutcome", "Plan", "Edit", "Planner",
            "scale_model", "plan_scale", "apply_plan", "stamp", "check", "default_output",
@@ -111,8 +111,8 @@ class _DepthCache:
         self.models: dict[tuple, tuple[onnx.ModelProto, Edit, Graph]] = {}
 
     def deepen(self, proto, graph, d: float, options: ScaleOptions):
-        from .blocks import find_blocks
-        from .depth import depth_key
+        from .depth.blocks import find_blocks
+        from .depth.deepen import depth_key
 
         if self.found is None:
             self.found = find_blocks(graph)

@@ -24,17 +24,18 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import OnnxscaleError
-from ..graph import FLOAT_TYPES, Graph
-from ..hollow import Hollow
-from .init import he_normal
-from .blocks import (Block, Stage, channel_axes, find_blocks, instantiation_problem,
-                     spatial_layer, weight_of)
+from ...errors import OnnxscaleError
+from ...graph import FLOAT_TYPES, Graph
+from ...hollow import Hollow
+from ..init import he_normal
+from ..ops import spatial_layer, weight_of
+from .blocks import channel_axes, find_blocks, instantiation_problem
 from .dense import channel_readers
-from .plan import Edit, ScaleOptions
-from .protoedit import (Tensors, copy_model, prune_dead, remove_attribute, set_attribute,
+from .structure import Block, Stage
+from ..plan import Edit, ScaleOptions
+from ..protoedit import (Tensors, copy_model, prune_dead, remove_attribute, set_attribute,
                         update_value_info)
-from .strategy import stage_depth
+from ..strategy import stage_depth
 
 WINDOW_OPS = {"Conv", "MaxPool", "AveragePool"}
 METADATA_READERS = {"Shape", "Size", "Identity", "CastLike"}

@@ -1,7 +1,7 @@
 """Writing a widened model: new weights, ``group`` attributes and shape constants.
 
 `Rewrite` copies the input model (without the weights it replaces) and applies a `WidthPlan`:
-every layer, per-channel tensor and shape constant recorded by `groups.find_groups` gets the
+every layer, per-channel tensor and shape constant recorded by `rules.find_groups` gets the
 values its new channels need, from the weight policy of `init.py`.  Weights read only by their
 layer are replaced under their own name (dynamo exports compute a zero bias from the weight's
 shape, which then follows); shared or computed ones get a fresh constant.
@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from ..graph import Graph
+from ...graph import Graph
 from .channels import Pieces
-from .groups import ChannelGroups, LayerUse, ParamUse, ShapeUse, const_value
-from .init import Preserve
-from .protoedit import Tensors, copy_model, prune_dead, remove_attribute, set_attribute, \
+from ..ops import const_value
+from .groups import ChannelGroups, LayerUse, ParamUse, ShapeUse
+from ..init import Preserve
+from ..protoedit import Tensors, copy_model, prune_dead, remove_attribute, set_attribute, \
     update_value_info
 
 if TYPE_CHECKING:
-    from .width import WidthPlan
+    from .widen import WidthPlan
 
 
 class Rewrite:

@@ -4,7 +4,7 @@ A dynamic export computes a Reshape's target with Shape ops: ``y.view(B, C, H, W
 off ``Shape(t)[1]``.  Widen t's channels and C changes at run time, so the Reshape's output
 channels must be widened alike or the graph breaks: in ultralytics' attention (YOLO11's
 C2PSA) C is read off the block's input while the data comes from a heads x head_dim split.
-The channel grouping (`grouprules`) asks this tracker, at each Reshape, which (tensor, axis)
+The channel grouping (`rules`) asks this tracker, at each Reshape, which (tensor, axis)
 sizes each number of the target is made of.
 
 Only small integer tensors computed from shapes are tracked (Shape, Size, Gather, Slice,
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import onnx
 
-from ..graph import Graph
-from ..shapes import attrs, slice_params
+from ...graph import Graph
+from ...shapes import attrs, slice_params
+from ..ops import SHAPE_VALUE_PASS
 
-PASS_THROUGH = {"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Flatten"}
 ARITHMETIC = {"Mul", "Add", "Sub", "Div", "Mod", "Max", "Min", "Floor", "Ceil"}
 
 
@@ -61,7 +61,7 @@ class ShapeValues:
             found = self._slice(node)
         elif op == "Concat":
             found = self._concat(node)
-        elif op in PASS_THROUGH:
+        elif op in SHAPE_VALUE_PASS:
             found = self.sources.get(node.input[0])
         elif op in ARITHMETIC:
             found = self._arithmetic(node)

@@ -1,4 +1,4 @@
-"""The op rules behind `groups.find_groups`: what each ONNX op does to channels.
+"""Channel groups: the op rules behind `find_groups`, what each ONNX op does to channels.
 
 One pass over the ops in topological order gives every feature-map tensor a `Layout`; each rule
 reads its inputs' layouts and writes its outputs', making atoms equal, refining them, tying
@@ -14,27 +14,32 @@ import math
 import numpy as np
 import onnx
 
-from ..shapes import UNARY, attrs, axes_of, slice_params, split_sizes
+from ...graph import Graph
+from ...shapes import UNARY, attrs, axes_of, slice_params, split_sizes
+from ..ops import BROADCAST_OPS, LAYER_OPS, const_value, is_const
 from .channels import Piece, Pieces
-from .groups import ChannelGroups, LayerUse, Layout, ParamUse, ShapeUse, Tie, const_value, \
-    is_const
+from .groups import ChannelGroups, LayerUse, Layout, ParamUse, ShapeUse, Tie
 from .shapevalues import ShapeValues
 
-LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 PASS_OPS = (UNARY - {"BatchNormalization", "InstanceNormalization", "LRN", "Softmax",
                      "LogSoftmax", "Hardmax", "CumSum", "MeanVarianceNormalization",
                      "LpNormalization", "GroupNormalization", "Trilu", "ReverseSequence",
                      "QuantizeLinear", "DequantizeLinear"})
 POOLS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool",
          "GlobalLpPool"}
-ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Mean", "Sum", "Where", "PRelu",
-               "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Mod"}
 SHAPE_ONLY = {"Shape", "Size"}
-MULTI_INPUT = ELEMENTWISE | {"Concat"}    # ops whose first input may have fixed channels
+MULTI_INPUT = BROADCAST_OPS | {"Concat"}    # ops whose first input may have fixed channels
 CHANNEL_STATISTICS = {"ReduceMean": True, "ReduceMax": False, "ReduceMin": False}
 # Ops a Squeeze-Excite gate passes through between its last layer and the multiplication.
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Clip", "Relu", "HardSwish", "Identity", "Cast", "Add",
             "Mul", "Div", "Sub", "Reshape", "Unsqueeze", "Flatten", "Squeeze"}
+
+
+def find_groups(graph: Graph) -> ChannelGroups:
+    """Discover the channel groups of ``graph`` (see the module docstring)."""
+    found = ChannelGroups(graph)
+    Rules(found).run()
+    return found
 
 
 class Rules:
@@ -113,7 +118,7 @@ class Rules:
             return
         if op in PASS_OPS:
             self._same(node)
-        elif op in ELEMENTWISE:
+        elif op in BROADCAST_OPS:
             self._elementwise(node)
         elif op in POOLS:
             self._pool(node)

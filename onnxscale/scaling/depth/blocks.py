@@ -28,21 +28,16 @@ width-preserving repeat with an identity skip (EfficientNet's first and last sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import onnx
 
-from ..graph import Graph
+from ...graph import Graph
+from ..ops import LAYER_OPS, POINTWISE, data_inputs, spatial_layer, weight_of
+from .dense import find_dense_stages
+from .structure import Block, BlockMap, Stage
 
-LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-METADATA_INPUTS = {"Shape": {0}, "Size": {0}, "CastLike": {1}}
 MERGE_OPS = {"Add", "Sum"}
 SKIP_OPS = {"Mul", "Div", "Identity", "Dropout"}          # a skip may carry a constant gain
-IDEMPOTENT = {"Relu", "Clip", "Identity", "Dropout"}      # f(f(x)) == f(x): copies stay exact
-ELEMENTWISE = {"Relu", "Clip", "LeakyRelu", "Elu", "Selu", "Celu", "HardSwish", "HardSigmoid",
-               "Sigmoid", "Tanh", "Softplus", "Mish", "Gelu", "Erf", "Mul", "Div", "Add", "Sub",
-               "Identity", "Dropout", "PRelu"}
 AFFINE = {"BatchNormalization", "Identity", "Dropout", "Mul", "Add", "Sub", "Div"}
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
             "ReduceMean"}
@@ -51,112 +46,11 @@ ZERO_THROUGH = {"Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squee
                 "Relu", "LeakyRelu", "Tanh", "Gelu", "HardSwish", "Erf", "Slice", "Resize",
                 "MaxPool", "AveragePool", "Mish", "Elu", "Selu", "Celu", "PRelu"}
 ROOT = ("root",)
-REPEATABLE = ("residual", "plain", "module", "dense")  # block kinds a stage can repeat
 SATURATE = -1.0e4   # a gate's pre-activation bias that makes Sigmoid/HardSigmoid exactly 0
 # Ops whose channel dimension an instantiated block may change (Transpose and Pad: NHWC
 # exports wrap each conv in Transposes and pad explicitly before strided ones).
 INSTANTIABLE = ({"Conv", "BatchNormalization", "GlobalAveragePool", "ReduceMean", "MaxPool",
-                 "AveragePool", "Transpose", "Pad"} | ELEMENTWISE)
-
-
-@dataclass
-class Block:
-    """A piece of the spine: a block (residual, plain, projection, chain) or stem/head/other."""
-
-    kind: str                       # residual | plain | projection | chain | stem | head | other
-    input: str
-    output: str
-    nodes: list[str]                # data nodes in topological order, then side nodes
-    in_shape: tuple | None
-    out_shape: tuple | None
-    layers: int = 0                 # conv/linear layers on the longest path (SE convs excluded)
-    merge: str | None = None        # the Add joining skip (or shortcut) and branch
-    branch: str | None = None       # the tensor f(x) entering the merge
-    shortcut: list[str] = field(default_factory=list)  # projection-shortcut or skip-gain nodes
-    gains: list[tuple[str, int]] = field(default_factory=list)  # skip gains (set to 1 in copies)
-    post: list[str] = field(default_factory=list)       # ops after the merge (ResNet's ReLU)
-    post_ops: list[str] = field(default_factory=list)   # op types of ``post``
-    zero: list[tuple[str, int, float]] | None = None    # (node, input, fill) making f(x) == 0
-    first: str = ""                 # first and last data node (what a listing shows)
-    last: str = ""
-    note: str = ""
-
-    @property
-    def identity_copy(self) -> bool:
-        """Whether a copy with ``zero`` applied computes exactly its input: the branch can be
-        zeroed and what follows the skip add is idempotent (ReLU after ReLU)."""
-        return self.zero is not None and all(op in IDEMPOTENT for op in self.post_ops)
-
-
-@dataclass
-class Stage:
-    """Blocks with one output shape; ``blocks[0]`` may be a transition (shape change)."""
-
-    index: int
-    blocks: list[Block]
-    mode: str = ""        # clone (repeat the last repeatable block) | instantiate | "" (fixed)
-    reason: str = ""
-    nested: bool = False  # residual blocks inside a branch, off the spine (CSP)
-    dense: str = ""       # dense stages: the Concat that joins the layers' outputs
-    channel_axis: int = 1  # of the stage's output: 3 where an NHWC export transposes back
-
-    @property
-    def shape(self) -> tuple | None:
-        return self.blocks[-1].out_shape
-
-    @property
-    def resolution(self) -> str:
-        """``HxW`` of the stage's output, whichever its layout (NCHW, or NHWC exports)."""
-        shape = self.shape
-        if not shape or len(shape) < 3:
-            return "?"
-        return "x".join(str(d) for i, d in enumerate(shape[1:], 1) if i != self.channel_axis)
-
-    @property
-    def width(self) -> int | None:
-        shape = self.shape
-        return int(shape[self.channel_axis]) if shape and len(shape) > 1 else None
-
-    @property
-    def repeats(self) -> list[Block]:
-        return [b for b in self.blocks if b.kind in REPEATABLE]
-
-    @property
-    def transition(self) -> Block | None:
-        first = self.blocks[0]
-        return None if first.kind in REPEATABLE else first
-
-
-@dataclass
-class BlockMap:
-    stages: list[Stage]
-    pieces: list[Block]              # every piece of the spine, in order
-    spine: list[str]
-
-
-def data_inputs(graph: Graph, node: onnx.NodeProto) -> list[str]:
-    """Inputs that carry feature data (not weights, not metadata such as Shape's input)."""
-    skip = METADATA_INPUTS.get(node.op_type, ())
-    return [t for i, t in enumerate(node.input) if t and t not in graph.consts and i not in skip]
-
-
-def weight_of(graph: Graph, tensor: str) -> str | None:
-    """The constant ``tensor`` is, looking through Identity (torch's legacy exporter reads
-    some weights through Identity nodes), or None for computed tensors."""
-    while tensor not in graph.consts:
-        node = graph.producer.get(tensor)
-        if node is None or node.op_type != "Identity":
-            return None
-        tensor = node.input[0]
-    return tensor
-
-
-def spatial_layer(graph: Graph, node: onnx.NodeProto) -> bool:
-    """A conv/linear layer over more than one position (not an SE or classifier 1x1)."""
-    if node.op_type not in LAYER_OPS:
-        return False
-    shape = graph.shapes.get(node.output[0])
-    return shape is not None and int(np.prod(shape)) > max(shape)
+                 "AveragePool", "Transpose", "Pad"} | POINTWISE)
 
 
 class _Flow:
@@ -322,7 +216,7 @@ def _merge(graph: Graph, start: str, end: str) -> dict | None:
 def _elementwise(graph: Graph, ops: list[str], start: str, end: str) -> bool:
     """A segment of activations only (it may follow a merge as the block's post-op)."""
     return (graph.shapes.get(start) == graph.shapes.get(end)
-            and all(graph.node(n).op_type in ELEMENTWISE for n in ops))
+            and all(graph.node(n).op_type in POINTWISE for n in ops))
 
 
 def linear_output(graph: Graph, tensor: str) -> bool:
@@ -417,8 +311,6 @@ def find_blocks(graph: Graph) -> BlockMap:
         _finish(graph, piece)
     stages = _stages(graph, pieces)
     stages += _nested_stages(graph, flow, pieces, stages, len(stages))
-    from .dense import find_dense_stages  # dense.py builds on this module
-
     stages += find_dense_stages(graph, len(stages))
     if not any(stage.mode for stage in stages):
         modules = _modules(graph, spine, segments, side, owner, flow.pos)
@@ -851,7 +743,7 @@ def _post_ops(graph: Graph, tensor: str) -> tuple[list[str], str]:
     post = []
     while True:
         readers = graph.consumers.get(tensor, [])
-        if len(readers) != 1 or readers[0].op_type not in ELEMENTWISE or \
+        if len(readers) != 1 or readers[0].op_type not in POINTWISE or \
                 len(data_inputs(graph, readers[0])) != 1 or \
                 graph.shapes.get(readers[0].output[0]) != graph.shapes.get(tensor):
             return post, tensor

@@ -19,7 +19,7 @@ Each op rule says what the op does to channels:
 - anything else pins what it touches ("unsupported op Foo at node bar"), as do graph inputs
   and graph outputs.
 
-The rules live in `grouprules.py`.  The result (`ChannelGroups`) lists the groups and, for the
+The rules (and `find_groups`) live in `rules.py`.  The result (`ChannelGroups`) lists the groups and, for the
 rewrite (`width.py`), every weight, per-channel tensor and shape constant that depends on a
 group.
 """
@@ -28,17 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
-import onnx
 
-from ..graph import Graph
-from ..shapes import attrs
+from ...graph import Graph
 from .channels import Atoms, Pieces
-
-# Ops through which a weight may reach its layer (legacy exports share deduplicated weights
-# through Identity; dynamo transposes Linear weights with a Transpose node).
-CONST_THROUGH = {"Identity", "Transpose", "Cast", "Reshape", "Unsqueeze", "Squeeze"}
-
 
 @dataclass(frozen=True)
 class Layout:
@@ -156,45 +148,6 @@ class ChannelGroups:
     def groups(self) -> list[Group]:
         """The groups, numbered in order of first appearance in the graph."""
         return describe(self)
-
-
-def find_groups(graph: Graph) -> ChannelGroups:
-    """Discover the channel groups of ``graph`` (see the module docstring)."""
-    from .grouprules import Rules
-
-    found = ChannelGroups(graph)
-    Rules(found).run()
-    return found
-
-
-# ---- constants reached through Identity / Transpose / Cast / reshapes -----------------------
-
-def is_const(graph: Graph, name: str, depth: int = 0) -> bool:
-    """Whether ``name`` is a weight, possibly behind `CONST_THROUGH` nodes."""
-    if name in graph.consts:
-        return True
-    node = graph.producer.get(name)
-    if node is None or node.op_type not in CONST_THROUGH or depth > 8 or not node.input:
-        return False
-    rest = [i for i in node.input[1:] if i]
-    return is_const(graph, node.input[0], depth + 1) and \
-        all(graph.small_value(i) is not None for i in rest)
-
-
-def const_value(graph: Graph, name: str) -> np.ndarray:
-    """The value of a tensor for which `is_const` holds."""
-    if name in graph.consts:
-        return graph.value(name)
-    node = graph.producer[name]
-    value = const_value(graph, node.input[0])
-    if node.op_type == "Transpose":
-        perm = attrs(node).get("perm")
-        return np.transpose(value, perm)
-    if node.op_type == "Cast":
-        return value.astype(onnx.helper.tensor_dtype_to_np_dtype(attrs(node)["to"]))
-    if node.op_type == "Identity":
-        return value
-    return value.reshape(graph.shapes[name])
 
 
 def describe(found: ChannelGroups) -> list[Group]:

@@ -10,7 +10,7 @@
 - a Squeeze-Excite bottleneck scales with the channels it gates, with plain rounding (pycls:
   ``round(se_ratio * w_in)``, no divisor).
 
-`widthrewrite.Rewrite` then writes the model: layers, per-channel tensors, ``group`` attributes
+`rewrite.Rewrite` then writes the model: layers, per-channel tensors, ``group`` attributes
 and shape constants (Reshape targets, Split sizes, Slice bounds, Resize sizes), with weights
 from `init.py`.  New channel j of a group copies old channel ``j % old_width``: a deterministic map
 that also keeps whole conv groups together, so grouped convs stay exact.
@@ -25,14 +25,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from ..errors import OnnxscaleError
-from ..graph import Graph
+from ...errors import OnnxscaleError
+from ...graph import Graph
 from .channels import Pieces
-from .groups import ChannelGroups, Group, find_groups
-from .init import policy
-from .plan import Edit, ScaleOptions
-from .strategy import round_group_width, round_width, scaled_width
-from .widthrewrite import Rewrite
+from .groups import ChannelGroups, Group
+from .rules import find_groups
+from ..init import policy
+from ..plan import Edit, ScaleOptions
+from ..strategy import round_group_width, round_width, scaled_width
+from .rewrite import Rewrite
 
 
 def scale_width(proto: onnx.ModelProto, graph: Graph, w: float, g: float,

@@ -21,14 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..graph import Graph
-from ..hollow import Hollow
-from .blocks import Block, Stage, data_inputs, spatial_layer, weight_of
+from ...graph import Graph
+from ...hollow import Hollow
+from ..ops import CHANNEL_PASS, data_inputs, spatial_layer, weight_of
+from .structure import Block, Stage
 
-# ops a channel passes through unchanged on its way to the next layer
-PASS_THROUGH = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Identity",
-                "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Elu",
-                "Selu", "Celu", "Tanh", "Mish", "Softplus", "Gelu", "Erf"}
 # BatchNormalization inputs and the value that leaves a new channel alone
 BN_FILLS = ((1, 1.0), (2, 0.0), (3, 0.0), (4, 1.0))
 
@@ -156,7 +153,7 @@ def _reader(graph: Graph, node: onnx.NodeProto, t: str):
     shape = graph.shapes.get(t)
     if op == "BatchNormalization":
         return [ChannelEdit(name, i, 0, fill) for i, fill in BN_FILLS if i < len(node.input)], True
-    if op in PASS_THROUGH or (op == "CastLike" and node.input[0] == t):
+    if op in CHANNEL_PASS or (op == "CastLike" and node.input[0] == t):
         return [], True
     if op in ("ReduceMean", "ReduceMax"):  # a global pool: channels stay on axis 1
         out = graph.shapes.get(node.output[0])

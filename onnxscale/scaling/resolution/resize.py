@@ -29,16 +29,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..errors import OnnxscaleError
-from ..graph import Graph, declared_dims
-from ..shapes import propagate_node
-from .blocks import weight_of
-from .plan import Edit, ScaleOptions
-from .protoedit import Tensors, copy_model, prune_dead, set_attribute
-from .strategy import round_resolution
+from ...errors import OnnxscaleError
+from ...graph import Graph, declared_dims
+from ...shapes import propagate_node
+from ..ops import VALUE_PASS, weight_of
+from ..plan import Edit, ScaleOptions
+from ..protoedit import Tensors, copy_model, prune_dead, set_attribute
+from ..strategy import round_resolution
 
 DENSE = ("Gemm", "MatMul")
-PASS_THROUGH = ("Identity", "Dropout", "Cast")
 BATCH_PARAM = "batch"
 
 
@@ -305,7 +304,7 @@ class _Rewriter:
             if len(readers) != 1:
                 return None
             reader = readers[0]
-            if reader.op_type in PASS_THROUGH:
+            if reader.op_type in VALUE_PASS:
                 tensor = reader.output[0]
                 continue
             if reader.op_type in DENSE and reader.input[0] == tensor and \
