@@ -1,3 +1,29 @@
-"""onnxscale: analyze and scale convolutional networks given only their ONNX file."""
+"""onnxscale: analyze and scale convolutional networks given only their ONNX file, and
+measure what scaling does to runtime on ONNX Runtime's execution providers.
 
-__version__ = "0.1.0"
+The Python API (`onnxscale.api`, re-exported here) does what the command line does:
+
+    >>> import onnxscale
+    >>> onnxscale.analyze("zoo:efficientnet-b0").flops
+    385814752
+
+``import onnxscale`` is cheap: the heavy modules load when a function is first called.
+"""
+
+from .api import (Analysis, Figures, ReportSummary, ScalePlan, ScaleResult, SweepSummary,
+                  analyze, bench, load_results, plan, report, scale, sweep)
+from .errors import Error, OnnxscaleError, UsageError
+from .version import __version__
+
+__all__ = ["Analysis", "Error", "Figures", "OnnxscaleError", "ReportSummary", "Row",
+           "ScalePlan", "ScaleResult", "SweepSummary", "UsageError", "__version__", "analyze",
+           "bench", "load_results", "plan", "report", "scale", "sweep"]
+
+
+def __getattr__(name: str):
+    """`Row` (a bench measurement) is imported on first use: its package loads onnx."""
+    if name == "Row":
+        from .bench.row import Row
+
+        return Row
+    raise AttributeError(f"module 'onnxscale' has no attribute {name!r}")

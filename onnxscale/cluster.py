@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from .bench import model_hash
 from .bench.providers import short_name
+from .bench.row import Row
 from .errors import OnnxscaleError, UsageError
 from .model import LoadedModel, from_pieces, load_model, to_pieces
 from .sweep import (Strategy, Sweep, _figures, failed_cells, job_facts, make_scaled,
@@ -348,7 +349,7 @@ class RaySweep(Sweep):
     def _store(self, cells: list[dict]) -> None:
         for cell in cells:
             if cell.get("bench"):  # the timing row too, as a local sweep stores it (results)
-                self.store.save(cell["bench"])
+                self.store.save(Row.from_dict(cell["bench"]))
             self.store.save_cell(cell)
             if cell.get("nice"):
                 self._niced[cell["node"][:8]] = cell["nice"]

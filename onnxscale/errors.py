@@ -1,7 +1,7 @@
 """The one error type users see.
 
 Anything the user can fix (a bad path, a malformed flag, a model we cannot handle) raises
-`OnnxscaleError` with a message that fits on one line and names the culprit (file, input,
+`OnnxscaleError` (``onnxscale.Error``) with a message that fits on one line and names the culprit (file, input,
 node).  The CLI prints it as ``error: <message>`` and exits non-zero; everything else is a bug
 and is reported as an internal error (with the traceback only under ``--debug``).
 """
@@ -11,6 +11,9 @@ class OnnxscaleError(Exception):
     """A problem with the user's input, explained in one line."""
 
     exit_code = 1
+
+
+Error = OnnxscaleError  # the public name: ``except onnxscale.Error``
 
 
 class UsageError(OnnxscaleError):

@@ -19,6 +19,7 @@ import onnx
 
 from . import external
 from .errors import OnnxscaleError, UsageError
+from .export import is_hub_model
 from .hollow import assert_solid
 from .standardform import standard_form
 
@@ -40,7 +41,7 @@ class LoadedModel:
 
 
 def load_model(spec: str, *, seed: int = 0, lazy: bool = False) -> LoadedModel:
-    """Load ``spec`` (a path or ``zoo:NAME``) and check it is an ONNX model we can read.
+    """Load ``spec`` (a path, ``zoo:NAME``, ``torchvision:NAME`` or ``timm:NAME``) and check it is an ONNX model we can read.
 
     ``lazy``: large weights in an external data file are not read (`external`): analysis
     and planning need their dims only, and writing streams them one at a time."""
@@ -48,15 +49,27 @@ def load_model(spec: str, *, seed: int = 0, lazy: bool = False) -> LoadedModel:
         from . import zoo
 
         return LoadedModel(zoo.build(spec[len(ZOO_PREFIX):], seed=seed), spec, None)
+    if is_hub_model(spec):  # torchvision:NAME, timm:NAME: exported once, then cached
+        from .export import exported
+
+        path = exported(spec)
+        return from_proto(_read_proto(path), spec, path)
     path = Path(spec)
     proto = _read_proto(path)
     external.defer(proto, path)  # checks every data file; reads the small tensors
     if not lazy:
         external.load_all(proto)
-    check_opset(proto, spec)
-    _refuse_layout_ops(proto, spec)
+    return from_proto(proto, spec, path)
+
+
+def from_proto(proto: onnx.ModelProto, source: str = "<ModelProto>",
+               path: Path | None = None) -> LoadedModel:
+    """A model already in memory, checked as `load_model` checks a file (opset, layout ops)
+    and read in standard form (`standardform`).  ``proto`` itself is not changed."""
+    check_opset(proto, source)
+    _refuse_layout_ops(proto, source)
     proto, rewritten = standard_form(proto)
-    return LoadedModel(proto, spec, path, rewritten)
+    return LoadedModel(proto, source, path, rewritten)
 
 
 def _read_proto(path: Path) -> onnx.ModelProto:
@@ -155,7 +168,7 @@ def save_model(proto: onnx.ModelProto, out: Path, *, protect: Path | None = None
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:
-        if _weight_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
+        if _stored_initializer_bytes(proto) > EXTERNAL_DATA_THRESHOLD:
             data_name = out.name + ".data"
             tmp_data = folder / f".{data_name}.tmp"
             with open(tmp_data, "wb") as data:
@@ -291,7 +304,8 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _weight_bytes(proto: onnx.ModelProto) -> int:
+def _stored_initializer_bytes(proto: onnx.ModelProto) -> int:
+    """Bytes the initializers' data take as stored (what decides external data)."""
     return sum(external.data_bytes(tensor) for tensor in proto.graph.initializer)
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 from rich import box
 
 from .complexity import Report
+
+if TYPE_CHECKING:
+    from .bench.row import Row
 
 
 def human(value: int | float, unit: str = "") -> str:
@@ -244,11 +249,11 @@ def print_blocks(result: dict, console: Console | None = None) -> None:
 
 # ---- bench / results -----------------------------------------------------------------------
 
-def short_model_names(rows: list[dict]) -> dict[str, str]:
+def short_model_names(models) -> dict[str, str]:
     """Model labels for tables: file names instead of paths, unless two files share a name."""
     from pathlib import PurePath
 
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys(models))
     names = {m: PurePath(m).name if not m.startswith("zoo:") else m for m in models}
     if len(set(names.values())) < len(names):
         return {m: m for m in models}
@@ -276,7 +281,7 @@ def bench_progress(enabled: bool):
                     console=console, auto_refresh=False, transient=True)
 
 
-def print_bench(rows: list[dict], fingerprint: dict, db_path) -> None:
+def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
     from .bench.fingerprint import label
     from .store import compare_providers
 
@@ -286,32 +291,32 @@ def print_bench(rows: list[dict], fingerprint: dict, db_path) -> None:
                   padding=(0, 1))
     table.add_column("model", overflow="fold", min_width=10)
     table.add_column("provider", overflow="fold", min_width=8)
-    columns = [("batch", lambda r: str(r["batch"])), ("p50 ms", lambda r: fmt_ms(r["p50_ms"]))]
+    columns = [("batch", lambda r: str(r.batch)), ("p50 ms", lambda r: fmt_ms(r.p50_ms))]
     if console.width >= 96:
-        columns.append(("p90 ms", lambda r: fmt_ms(r["p90_ms"])))
+        columns.append(("p90 ms", lambda r: fmt_ms(r.p90_ms)))
     if wide:
-        columns.append(("p99 ms", lambda r: fmt_ms(r["p99_ms"])))
-    columns += [("CV", lambda r: f"{r['cv'] * 100:.1f}%"),
-                ("items/s", lambda r: f"{r['throughput']:.1f}"), ("runs", lambda r: str(r["runs"]))]
+        columns.append(("p99 ms", lambda r: fmt_ms(r.p99_ms)))
+    columns += [("CV", lambda r: f"{r.cv * 100:.1f}%"),
+                ("items/s", lambda r: f"{r.throughput:.1f}"), ("runs", lambda r: str(r.runs))]
     if wide:
-        columns += [("create ms", lambda r: fmt_ms(r["session_create_ms"])),
-                    ("first ms", lambda r: fmt_ms(r["first_run_ms"])),
-                    ("peak MB", lambda r: f"{r['peak_host_mb']:.0f}" if r.get("peak_host_mb")
+        columns += [("create ms", lambda r: fmt_ms(r.session_create_ms)),
+                    ("first ms", lambda r: fmt_ms(r.first_run_ms)),
+                    ("peak MB", lambda r: f"{r.peak_host_mb:.0f}" if r.peak_host_mb
                      else "-")]
     for name, _ in columns:
         table.add_column(name, justify="right", no_wrap=True)
     problems: dict[tuple[str, str, str], list[str]] = {}
-    names = short_model_names(rows)
+    names = short_model_names(r.model for r in rows)
     for row in rows:
-        model = names[row["model"]]
-        if row.get("available"):
-            table.add_row(model, row["provider"], *[fmt(row) for _, fmt in columns])
+        model = names[row.model]
+        if row.available:
+            table.add_row(model, row.provider, *[fmt(row) for _, fmt in columns])
         else:
-            status = "n/a" if row["status"] == "unavailable" else row["status"]
-            table.add_row(model, row["provider"], str(row["batch"]), f"[yellow]{status}[/]",
+            status = "n/a" if row.status == "unavailable" else row.status
+            table.add_row(model, row.provider, str(row.batch), f"[yellow]{status}[/]",
                           *[""] * (len(columns) - 2))
-            key = (row["provider"], row["status"], row.get("reason") or "")
-            problems.setdefault(key, []).append(f"{model} b{row['batch']}")
+            key = (row.provider, row.status, row.reason or "")
+            problems.setdefault(key, []).append(f"{model} b{row.batch}")
     console.print(table)
     for (provider, status, reason), where in problems.items():
         scope = where[0] if len(where) == 1 else f"{len(where)} configurations"
@@ -353,7 +358,7 @@ def print_side_by_side(console, entries: list[dict], machines: dict | None = Non
         table.add_column("machine", overflow="fold")
     for lbl in labels:
         table.add_column(lbl, justify="right")
-    names = short_model_names(entries)
+    names = short_model_names(e["model"] for e in entries)
     for entry in entries:
         cells = [names[entry["model"]], str(entry["batch"])]
         if show_settings:
@@ -377,7 +382,7 @@ def print_side_by_side(console, entries: list[dict], machines: dict | None = Non
     console.print(table)
 
 
-def print_results(path, rows: list[dict], fingerprints: dict, side: list[dict], across: list[dict],
+def print_results(path, rows: list[Row], fingerprints: dict, side: list[dict], across: list[dict],
                   filtered: bool) -> None:
     """`onnxscale results`: providers side by side, then one model across machines."""
     from .bench.fingerprint import label
@@ -399,7 +404,7 @@ def print_results(path, rows: list[dict], fingerprints: dict, side: list[dict], 
         for fid in ids:
             table.add_column(machines.get(fid, fid), justify="right")
         across.sort(key=lambda e: (e["model"], e["batch"], e["provider"], settings_text(e)))
-        names = short_model_names(across)
+        names = short_model_names(e["model"] for e in across)
         for entry in across:
             cells = [names[entry["model"]], str(entry["batch"]), entry["provider"],
                      settings_text(entry)]
@@ -410,7 +415,7 @@ def print_results(path, rows: list[dict], fingerprints: dict, side: list[dict], 
                     cells.append("")
             table.add_row(*cells)
         console.print(table)
-    problems = [r for r in rows if not r.get("available")]
+    problems = [r for r in rows if not r.available]
     if problems:
         console.print(f"[dim]{len(problems)} configuration(s) unavailable or failed; "
                       f"--json lists their reasons[/]", highlight=False)

@@ -299,6 +299,36 @@ def machine_finding(entry: dict) -> str:
     return text
 
 
+def build_report(db_path: Path, folder: Path, *, model: str | None = None,
+                 providers: list[str] | None = None, machine: str | None = None,
+                 reference: str | None = None) -> tuple[dict, list[Path]]:
+    """Read the stored sweep cells (filtered by base model name, provider names and machine
+    id prefix), analyze them and write the report to ``folder``: (summary, files written)."""
+    from .bench import fingerprint as fingerprint_mod
+    from .errors import OnnxscaleError, UsageError
+    from .store import ResultStore
+
+    if not db_path.exists():
+        raise OnnxscaleError(f"{db_path}: no results database; run `onnxscale sweep` first")
+    if folder.exists() and not folder.is_dir():
+        raise OnnxscaleError(f"{folder}: -o needs a folder for the report, and this is a file")
+    with ResultStore(db_path) as store:
+        cells = store.cells(base=model, fingerprint=machine)
+        machines = {fid: f"{fingerprint_mod.label(fp)} [{fid[:8]}]"
+                    for fid, fp in store.fingerprints().items()}
+    if providers:
+        wanted = set(providers)
+        cells = [c for c in cells if c["provider"] in wanted]
+    if not any(c.get("status") == "ok" for c in cells):
+        raise OnnxscaleError(f"{db_path}: no timed sweep cells match; run `onnxscale sweep` "
+                             f"first")
+    if reference and not any(fid.startswith(reference) for fid in machines):
+        raise UsageError(f"--reference {reference}: no stored machine's fingerprint id starts "
+                         f"with it (machines: {', '.join(f[:8] for f in machines) or 'none'})")
+    summary = summarize(cells, machines, reference)
+    return summary, write_report(summary, folder)
+
+
 def summarize(cells: list[dict], machines: dict[str, str], reference: str | None = None) -> dict:
     """Everything the report shows: ``rows``, ``exponents``, ``panels`` (each with its
     correlation, fit, fastest and finding), the same per-panel figures as flat

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from .bench.row import Row
 from .errors import OnnxscaleError
 
 SCHEMA_VERSION = 2  # 2: sweep_cells (a version-1 database is upgraded in place)
@@ -178,12 +179,9 @@ class ResultStore:
                 (fid, json.dumps(fingerprint, sort_keys=True), now, now))
         return fid
 
-    def save(self, row: dict) -> None:
-        """Insert or replace one measurement (committed before returning).
-
-        ``row`` needs model_hash, provider, options (dict), batch, fingerprint, model, status,
-        available; metrics are optional.
-        """
+    def save(self, measured: Row) -> None:
+        """Insert or replace one measurement (committed before returning)."""
+        row = measured.to_dict()
         key = options_key(row["options"])
         provider = row.get("provider_name") or row["provider"]  # full onnxruntime name
         values = [row["model_hash"], provider, key, int(row["batch"]), row["fingerprint"],
@@ -235,22 +233,22 @@ class ResultStore:
             sql += " AND fingerprint LIKE ?"
             args.append(fingerprint + "%")
         sql += " ORDER BY measured_at, rowid"
-        return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
+        return [Row.from_dict(json.loads(r["data"])) for r in self._conn.execute(sql, args)]
 
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, model_hash: str, provider: str, options: dict, batch: int,
-            fingerprint: str) -> dict | None:
+            fingerprint: str) -> Row | None:
         """The stored row for one configuration (``provider`` is the full onnxruntime name)."""
         cur = self._conn.execute(
             "SELECT data FROM results WHERE model_hash = ? AND provider = ? AND options = ? "
             "AND batch = ? AND fingerprint = ?",
             (model_hash, provider, options_key(options), int(batch), fingerprint))
         found = cur.fetchone()
-        return json.loads(found["data"]) if found else None
+        return Row.from_dict(json.loads(found["data"])) if found else None
 
     def rows(self, *, model: str | None = None, providers: list[str] | None = None,
-             fingerprint: str | None = None, available_only: bool = False) -> list[dict]:
+             fingerprint: str | None = None, available_only: bool = False) -> list[Row]:
         """Stored rows, oldest first; ``model`` matches a substring of the model name or a
         prefix of its content hash; ``providers`` are full onnxruntime names."""
         sql = "SELECT data FROM results WHERE 1 = 1"
@@ -267,7 +265,7 @@ class ResultStore:
         if available_only:
             sql += " AND available = 1"
         sql += " ORDER BY measured_at, rowid"
-        return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
+        return [Row.from_dict(json.loads(r["data"])) for r in self._conn.execute(sql, args)]
 
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
@@ -300,48 +298,48 @@ class _Transaction:
 
 # -- comparisons (pure functions over rows) --------------------------------------------------------
 
-def variant_label(row: dict) -> str:
+def variant_label(row: Row) -> str:
     """Provider name plus what sets this row apart from the provider's defaults
     (``cuda+graph``, ``cpu+iob``, ``tensorrt[trt_fp16_enable=1]``)."""
     from .bench.providers import DEVICE_MEMORY
 
-    label = row.get("provider") or "?"
-    if row.get("cuda_graph"):
+    label = row.provider or "?"
+    if row.cuda_graph:
         label += "+graph"
-    default_iob = row.get("provider_name") in DEVICE_MEMORY
-    if row.get("io_binding") is not None and bool(row.get("io_binding")) != default_iob and \
-            not row.get("cuda_graph"):
-        label += "+iob" if row.get("io_binding") else "-iob"
-    options = row.get("provider_options") or {}
+    default_iob = row.provider_name in DEVICE_MEMORY
+    if row.io_binding is not None and bool(row.io_binding) != default_iob and \
+            not row.cuda_graph:
+        label += "+iob" if row.io_binding else "-iob"
+    options = row.provider_options or {}
     if options:
         label += "[" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + "]"
     return label
 
 
-def _setting_key(row: dict) -> tuple:
-    return (row.get("threads"), row.get("precision"),
-            options_key(row.get("inputs") or {}), options_key(row.get("session_config") or {}))
+def _setting_key(row: Row) -> tuple:
+    return (row.threads, row.precision,
+            options_key(row.inputs or {}), options_key(row.session_config or {}))
 
 
-def compare_providers(rows: list[dict], baseline: str = "cpu") -> list[dict]:
+def compare_providers(rows: list[Row], baseline: str = "cpu") -> list[dict]:
     """Providers side by side: one entry per (model, batch, machine, settings) with each
     provider variant's p50 and its speedup over ``baseline`` (a short provider name; the first
     measured variant of the group when the baseline is missing)."""
     groups: dict[tuple, dict] = {}
     for row in rows:
-        key = (row["model_hash"], row["batch"], row.get("fingerprint"), _setting_key(row))
+        key = (row.model_hash, row.batch, row.fingerprint, _setting_key(row))
         entry = groups.setdefault(key, {
-            "model": row["model"], "model_hash": row["model_hash"], "batch": row["batch"],
-            "fingerprint": row.get("fingerprint"), "threads": row.get("threads"),
-            "precision": row.get("precision"), "p50_ms": {}, "speedup": {}, "unavailable": {},
+            "model": row.model, "model_hash": row.model_hash, "batch": row.batch,
+            "fingerprint": row.fingerprint, "threads": row.threads,
+            "precision": row.precision, "p50_ms": {}, "speedup": {}, "unavailable": {},
             "baseline": None,
         })
         label = variant_label(row)
-        if row.get("available") and row.get("p50_ms"):
-            entry["p50_ms"][label] = row["p50_ms"]
+        if row.available and row.p50_ms:
+            entry["p50_ms"][label] = row.p50_ms
             entry["unavailable"].pop(label, None)
         elif label not in entry["p50_ms"]:
-            entry["unavailable"][label] = row.get("reason") or row.get("status")
+            entry["unavailable"][label] = row.reason or row.status
     out = []
     for entry in groups.values():
         times = entry["p50_ms"]
@@ -355,22 +353,22 @@ def compare_providers(rows: list[dict], baseline: str = "cpu") -> list[dict]:
     return out
 
 
-def compare_machines(rows: list[dict]) -> list[dict]:
+def compare_machines(rows: list[Row]) -> list[dict]:
     """One model across machines: per (model, batch, provider variant, settings), p50 on each
     fingerprint and the ratio to the first machine that measured it.  Only groups measured on
     two or more machines are returned."""
     groups: dict[tuple, dict] = {}
     for row in rows:
-        if not (row.get("available") and row.get("p50_ms")):
+        if not (row.available and row.p50_ms):
             continue
         label = variant_label(row)
-        key = (row["model_hash"], row["batch"], label, _setting_key(row))
+        key = (row.model_hash, row.batch, label, _setting_key(row))
         entry = groups.setdefault(key, {
-            "model": row["model"], "model_hash": row["model_hash"], "batch": row["batch"],
-            "provider": label, "threads": row.get("threads"), "precision": row.get("precision"),
+            "model": row.model, "model_hash": row.model_hash, "batch": row.batch,
+            "provider": label, "threads": row.threads, "precision": row.precision,
             "p50_ms": {}, "ratio": {},
         })
-        entry["p50_ms"][row.get("fingerprint")] = row["p50_ms"]
+        entry["p50_ms"][row.fingerprint] = row.p50_ms
     out = []
     for entry in groups.values():
         if len(entry["p50_ms"]) < 2:

@@ -29,7 +29,7 @@ from typing import Callable
 
 from .bench import model_hash, run_bench
 from .bench.providers import short_name
-from .bench.runner import BenchSettings, effective_cuda_graph, effective_io_binding
+from .bench.settings import BenchSettings, effective_cuda_graph, effective_io_binding
 from .errors import OnnxscaleError, UsageError
 from .model import LoadedModel, load_model
 from .store import ResultStore, options_key
@@ -76,6 +76,21 @@ def parse_factors(text: str) -> list[float]:
             raise UsageError(f"--flops '{text}': factor {item.strip()} is repeated")
         factors.append(value)
     return factors
+
+
+def parse_strategies(strategy: str | None, alpha: str | None) -> list[Strategy]:
+    """The sweep's strategies from ``--strategy d,w,dWr`` and ``--alpha 0.5,0.8``."""
+    from .scaling.job import checked, split_list
+    from .scaling.strategy import alpha_weights, parse_strategy
+
+    out = [Strategy(name, checked(parse_strategy, name))
+           for name in (split_list(strategy, "--strategy") if strategy else [])]
+    for text in split_list(alpha, "--alpha") if alpha else []:
+        value = checked(float, text)
+        out.append(Strategy(f"alpha={text}", checked(alpha_weights, value), value))
+    if not out:
+        raise UsageError("give at least one --strategy or --alpha")
+    return out
 
 
 def cell_options(provider: str, settings: BenchSettings) -> str:
@@ -244,9 +259,9 @@ def time_cells(loaded: LoadedModel, path: Path | None, pending: list[dict], fact
             before(key)
         report = run_bench([model], [key["provider"]], [key["batch"]], settings, store=store)
         row = report.rows[0]
-        status = "ok" if row.get("available") else "unavailable"
-        yield key | facts | {"status": status, "reason": row.get("reason"),
-                             "p50_ms": row.get("p50_ms"), "bench": row,
+        status = "ok" if row.available else "unavailable"
+        yield key | facts | {"status": status, "reason": row.reason,
+                             "p50_ms": row.p50_ms, "bench": row.to_dict(),
                              "measured_at": time.time()}
 
 

@@ -33,7 +33,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from onnxscale.bench import BenchSettings, model_hash  # noqa: E402
-from onnxscale.bench.runner import measure, prepare, random_inputs  # noqa: E402
+from onnxscale.bench.inputs import prepare, random_inputs  # noqa: E402
+from onnxscale.bench.runner import measure  # noqa: E402
 from onnxscale.model import LoadedModel, load_model  # noqa: E402
 
 ZOO = {"ResNet-18": "zoo:resnet-18", "EfficientNet-B0": "zoo:efficientnet-b0"}
@@ -91,9 +92,9 @@ def harness_p50(loaded: LoadedModel, digest: str, settings: BenchSettings) -> fl
     prepared = prepare(loaded.proto, 1, {}, loaded.source)
     row = measure(prepared, "CPUExecutionProvider", settings, model=loaded.source,
                   model_hash=digest)
-    if not row["available"]:
-        raise SystemExit(f"harness failed on {loaded.source}: {row['reason']}")
-    return row["p50_ms"]
+    if not row.available:
+        raise SystemExit(f"harness failed on {loaded.source}: {row.reason}")
+    return row.p50_ms
 
 
 def main() -> int:

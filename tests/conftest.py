@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 import zipfile
 from pathlib import Path
 
@@ -19,11 +18,11 @@ CACHE = Path(os.environ.get("ONNXSCALE_TEST_CACHE", Path.home() / ".cache" / "on
 
 
 def import_torchvision():
-    """torchvision's wheel here is a CUDA build: stub the two modules that need its C ops."""
+    """torchvision (stubbed as `onnxscale.export` does for torch's CPU wheel), or a skip."""
     pytest.importorskip("torch")
-    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
-        sys.modules.setdefault(name, types.ModuleType(name))
-    return pytest.importorskip("torchvision")
+    from onnxscale.export import import_torchvision as load
+
+    return load()
 
 
 def local_models() -> dict:
@@ -137,43 +136,45 @@ def local_models() -> dict:
             "plain": (plain, (3, 64, 64)), "yolo": (YOLO, (3, 160, 160))}
 
 
+def _spec(name: str, res: int = 224, exporter: str = "legacy", init: str = "random-bn"):
+    """The library's export spec of a suite name: ``resnet50`` (torchvision), ``timm.NAME``."""
+    from onnxscale.export import ExportSpec
+
+    hub, _, model = name.partition(".") if name.startswith("timm.") else ("torchvision", "", name)
+    return ExportSpec(hub, model, res, exporter, init)
+
+
 def make_torch_model(name: str, init: str = "random-bn"):
     """A torchvision (``resnet50``), timm (``timm.regnety_008``) or local (``local.crnn``)
     model with random weights and, with ``init='random-bn'``, randomized BatchNorm
     statistics, so folding BN (legacy exporter) is not a no-op.  ``init='default'`` keeps the
     framework's own initialisation, as a user's untrained export has it: every BN scale 1 and
-    bias 0, which the legacy exporter then shares among unrelated layers."""
+    bias 0, which the legacy exporter then shares among unrelated layers.  Hub models are
+    built by `onnxscale.export`, the code behind ``onnxscale export``."""
     import torch
 
+    if not name.startswith("local."):
+        import_torchvision()
+        if name.startswith("timm."):
+            pytest.importorskip("timm")
+        from onnxscale.export import build_module
+
+        return build_module(_spec(name, init=init))
+    from onnxscale.export import randomize_batchnorm
+
     torch.manual_seed(0)
-    if name.startswith("local."):
-        model = local_models()[name[6:]][0]()
-    elif name.startswith("timm."):
-        import_torchvision()  # timm imports torchvision
-        timm = pytest.importorskip("timm")
-        model = timm.create_model(name[5:], pretrained=False)
-    else:
-        tv = import_torchvision()
-        model = getattr(tv.models, name)()
+    model = local_models()[name[6:]][0]()
     model.eval()
-    if init == "default":
-        return model
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.1)
+    if init != "default":
+        randomize_batchnorm(model)
     return model
 
 
 class Exports:
     """Exports torch models to ONNX once (keyed by name, exporter, resolution and init), kept
     on disk under ``CACHE`` per torch version, so a second run of the suite exports nothing.
-    Bump ``RECIPE`` when what an export contains changes (the models, seeds or options)."""
-
-    RECIPE = 1
+    torchvision and timm models go through `onnxscale.export` (its cache layout and
+    ``RECIPE``); the suite's local models are exported the same way."""
 
     def __init__(self, root: Path):
         self.root = root
@@ -182,26 +183,22 @@ class Exports:
                  init: str = "random-bn") -> Path:
         import torch
 
-        folder = self.root / f"torch-{torch.__version__}.recipe-{self.RECIPE}"
+        if exporter == "dynamo":
+            pytest.importorskip("onnxscript")
+        from onnxscale.export import RECIPE, exported, write_export
+
+        if not name.startswith("local."):
+            import_torchvision()
+            if name.startswith("timm."):
+                pytest.importorskip("timm")
+            return exported(_spec(name, res, exporter, init), root=self.root)
+        folder = self.root / f"torch-{torch.__version__}.recipe-{RECIPE}"
         folder.mkdir(parents=True, exist_ok=True)
         suffix = "" if init == "random-bn" else f".{init}"
-        path = folder / f"{name}.{exporter}.{res}{suffix}.onnx"
-        if path.exists():
-            return path
-        model = make_torch_model(name, init)
-        x = torch.randn(1, 3, res, res)
-        if name.startswith("local."):  # its own input size (res is ignored)
-            x = torch.randn(1, *local_models()[name[6:]][1])
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        if exporter == "legacy":
-            torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=17,
-                              input_names=["input"], output_names=["logits"])
-        else:
-            pytest.importorskip("onnxscript")
-            # optimize=False keeps BatchNormalization nodes (pycls counts their params)
-            torch.onnx.export(model, (x,), str(tmp), dynamo=True, opset_version=18,
-                              optimize=False, external_data=False)
-        tmp.rename(path)
+        path = folder / f"{name}.{exporter}.{res}{suffix}.onnx"  # res: the model's own size
+        if not path.exists():
+            write_export(make_torch_model(name, init), _spec("local", 0, exporter, init), path,
+                         example_shape=local_models()[name[6:]][1])
         return path
 
 

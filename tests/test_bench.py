@@ -22,8 +22,9 @@ from onnx import numpy_helper as nh
 
 from onnxscale.bench import BenchSettings, run_bench
 from onnxscale.bench import providers as P
-from onnxscale.bench.runner import (measure, prepare, random_inputs, settled, summarize,
-                                    time_runs, to_fp16, warm_up)
+from onnxscale.bench.inputs import prepare, random_inputs, to_fp16
+from onnxscale.bench.runner import measure
+from onnxscale.bench.timing import settled, summarize, time_runs, warm_up
 from onnxscale.cli import main
 from onnxscale.errors import OnnxscaleError, UsageError
 
@@ -94,7 +95,7 @@ def _cuda_works() -> bool:
                          [h.make_tensor_value_info("y", T.FLOAT, [1])])
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
-    from onnxscale.bench.runner import capture_native_output
+    from onnxscale.bench.session import capture_native_output
 
     try:
         with capture_native_output():
@@ -301,39 +302,39 @@ def test_to_fp16(tmp_path):
 def test_measure_cpu_row(tiny):
     proto = _proto(tiny)
     row = measure(prepare(proto, 2, {}, "t"), P.CPU, FAST, model="t", model_hash="h")
-    assert row["available"] and row["status"] == "ok" and row["reason"] is None
-    assert row["runs"] == 3 and row["warmup_runs"] == 1 and row["batch"] == 2
+    assert row.available and row.status == "ok" and row.reason is None
+    assert row.runs == 3 and row.warmup_runs == 1 and row.batch == 2
     for key in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "throughput",
                 "session_create_ms", "first_run_ms", "peak_host_mb"):
-        assert isinstance(row[key], float) and row[key] >= 0, key
-    assert row["providers_used"][0] == P.CPU and row["inputs"] == {"x": [2, 3, 16, 16]}
-    json.dumps(row)
+        assert isinstance(getattr(row, key), float) and getattr(row, key) >= 0, key
+    assert row.providers_used[0] == P.CPU and row.inputs == {"x": [2, 3, 16, 16]}
+    assert json.loads(json.dumps(row.to_dict()))["p50_ms"] == row.p50_ms
 
 
 def test_measure_io_binding_on_cpu_and_adaptive_warmup(tiny):
     settings = BenchSettings(threads=1, runs=3, warmup=None, io_binding=True)
     row = measure(prepare(_proto(tiny), 1, {}, "t"), P.CPU, settings, model="t", model_hash="h")
-    assert row["available"] and row["io_binding"] is True and row["warmup_runs"] >= 10
+    assert row.available and row.io_binding is True and row.warmup_runs >= 10
 
 
 def test_measure_several_inputs_with_int64(tmp_path):
     proto = _proto(two_inputs(tmp_path / "two.onnx"))
     row = measure(prepare(proto, 5, {}, "two"), P.CPU, FAST, model="two", model_hash="h")
-    assert row["available"], row["reason"]
-    assert row["inputs"] == {"x": [5, 4], "idx": [5, 4], "mask": [5, 4]}
+    assert row.available, row.reason
+    assert row.inputs == {"x": [5, 4], "idx": [5, 4], "mask": [5, 4]}
 
 
 def test_measure_fixed_batch_model(tmp_path):
     ok = _proto(cnn(tmp_path / "fixed.onnx", batch=1))
     row = measure(prepare(ok, 3, {}, "fixed"), P.CPU, FAST, model="fixed", model_hash="h")
-    assert row["available"] and row["batch"] == 3
-    assert any("rewritten" in n for n in row["notes"])
+    assert row.available and row.batch == 3
+    assert any("rewritten" in n for n in row.notes)
 
     baked = _proto(cnn(tmp_path / "baked.onnx", batch=1, reshape_to=[1, 4]))
-    assert measure(prepare(baked, 1, {}, "b"), P.CPU, FAST, model="b", model_hash="h")["available"]
+    assert measure(prepare(baked, 1, {}, "b"), P.CPU, FAST, model="b", model_hash="h").available
     row = measure(prepare(baked, 2, {}, "b"), P.CPU, FAST, model="b", model_hash="h")
-    assert not row["available"] and row["status"] == "failed"
-    assert "fixes its batch" in row["reason"] and "\n" not in row["reason"]
+    assert not row.available and row.status == "failed"
+    assert "fixes its batch" in row.reason and "\n" not in row.reason
 
     # a Reshape to [1, -1] runs at any batch but silently un-batches the output: caught
     silent = _proto(cnn(tmp_path / "silent.onnx", batch=1, reshape_to=[1, -1]))
@@ -341,14 +342,14 @@ def test_measure_fixed_batch_model(tmp_path):
     fc = nh.from_array(np.ones((8, 5), np.float32), "fc")
     graph.initializer[1].CopyFrom(fc)  # [1, 4*2] @ [8, 5] works at batch 2
     row = measure(prepare(silent, 2, {}, "s"), P.CPU, FAST, model="s", model_hash="h")
-    assert row["status"] == "failed" and "output 'y' has shape [1, 5] at batch 2" in row["reason"]
+    assert row.status == "failed" and "output 'y' has shape [1, 5] at batch 2" in row.reason
 
 
 def test_measure_unavailable_provider(tiny):
     row = measure(prepare(_proto(tiny), 1, {}, "t"), "OpenVINOExecutionProvider", FAST,
                   model="t", model_hash="h")
-    assert row["available"] is False and row["status"] == "unavailable"
-    assert "not in this onnxruntime" in row["reason"] and row["p50_ms"] is None
+    assert row.available is False and row.status == "unavailable"
+    assert "not in this onnxruntime" in row.reason and row.p50_ms is None
 
 
 @no_cuda
@@ -358,18 +359,18 @@ def test_measure_detects_silent_cpu_fallback(tiny):
     if P.CUDA not in ort.get_available_providers():
         pytest.skip("this onnxruntime build has no CUDA provider to fall back from")
     row = measure(prepare(_proto(tiny), 1, {}, "t"), P.CUDA, FAST, model="t", model_hash="h")
-    assert row["available"] is False and row["status"] == "unavailable"
-    assert "fell back to cpu" in row["reason"] or "cannot run" in row["reason"]
+    assert row.available is False and row.status == "unavailable"
+    assert "fell back to cpu" in row.reason or "cannot run" in row.reason
 
 
 def test_measure_fp16_on_cpu_never_raises(tiny):
     settings = BenchSettings(threads=1, runs=3, warmup=1, precision="fp16")
     row = measure(prepare(_proto(tiny), 1, {}, "t"), P.CPU, settings, model="t", model_hash="h")
-    assert row["status"] in ("ok", "failed")
-    if row["status"] == "failed":
-        assert "fp16" in row["reason"]
+    assert row.status in ("ok", "failed")
+    if row.status == "failed":
+        assert "fp16" in row.reason
     else:
-        assert row["precision"] == "fp16"
+        assert row.precision == "fp16"
 
 
 def test_high_ir_version_is_lowered(tmp_path):
@@ -377,7 +378,7 @@ def test_high_ir_version_is_lowered(tmp_path):
     proto = _proto(path)
     proto.ir_version = 99
     row = measure(prepare(proto, 1, {}, "ir"), P.CPU, FAST, model="ir", model_hash="h")
-    assert row["available"], row["reason"]
+    assert row.available, row.reason
 
 
 # -- CLI -------------------------------------------------------------------------------------------
@@ -522,8 +523,8 @@ def test_interrupt_keeps_finished_rows(tmp_path, sig):
 
 def test_run_bench_orders_and_dedupes_batches(tiny):
     report = run_bench([str(tiny)], [P.CPU, "OpenVINOExecutionProvider"], [1, 1, None], FAST)
-    assert [(r["batch"], r["provider"]) for r in report.rows] == [(1, "cpu"), (1, "openvino")]
-    assert report.planned == 2 and report.fingerprint["id"] == report.rows[0]["fingerprint"]
+    assert [(r.batch, r.provider) for r in report.rows] == [(1, "cpu"), (1, "openvino")]
+    assert report.planned == 2 and report.fingerprint["id"] == report.rows[0].fingerprint
 
 
 # -- GPU -------------------------------------------------------------------------------------------
@@ -532,8 +533,8 @@ def test_run_bench_orders_and_dedupes_batches(tiny):
 @needs_cuda
 def test_gpu_cuda_io_binding_device_resident(tiny):
     row = measure(prepare(_proto(tiny), 4, {}, "t"), P.CUDA, FAST, model="t", model_hash="h")
-    assert row["available"], row["reason"]
-    assert row["io_binding"] is True and row["providers_used"][0] == P.CUDA
+    assert row.available, row.reason
+    assert row.io_binding is True and row.providers_used[0] == P.CUDA
 
 
 @gpu
@@ -541,9 +542,9 @@ def test_gpu_cuda_io_binding_device_resident(tiny):
 def test_gpu_cuda_graph(tiny):
     settings = BenchSettings(runs=5, warmup=3, cuda_graph=True)
     row = measure(prepare(_proto(tiny), 2, {}, "t"), P.CUDA, settings, model="t", model_hash="h")
-    assert row["status"] in ("ok", "failed"), row
-    if row["status"] == "ok":
-        assert row["cuda_graph"] is True and row["provider_options_effective"][
+    assert row.status in ("ok", "failed"), row
+    if row.status == "ok":
+        assert row.cuda_graph is True and row.provider_options_effective[
             "enable_cuda_graph"] == "1"
 
 
@@ -552,7 +553,7 @@ def test_gpu_cuda_graph(tiny):
 def test_gpu_fp16_cuda(tiny):
     settings = BenchSettings(runs=3, warmup=1, precision="fp16")
     row = measure(prepare(_proto(tiny), 2, {}, "t"), P.CUDA, settings, model="t", model_hash="h")
-    assert row["available"], row["reason"]
+    assert row.available, row.reason
 
 
 @gpu
@@ -561,10 +562,10 @@ def test_gpu_tensorrt_caches(tiny, tmp_path):
     settings = BenchSettings(runs=3, warmup=1, cache_dir=tmp_path / "cache", precision="fp16")
     row = measure(prepare(_proto(tiny), 1, {}, "t"), P.TENSORRT, settings, model="t",
                   model_hash="h")
-    if not row["available"]:
-        pytest.skip(f"TensorRT not usable here: {row['reason']}")
-    assert row["engine_build_ms"] is not None
-    assert row["provider_options_effective"]["trt_fp16_enable"] == "1"
+    if not row.available:
+        pytest.skip(f"TensorRT not usable here: {row.reason}")
+    assert row.engine_build_ms is not None
+    assert row.provider_options_effective["trt_fp16_enable"] == "1"
     assert any((tmp_path / "cache" / "tensorrt").iterdir())
 
 

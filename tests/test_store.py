@@ -14,7 +14,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from onnxscale.bench import BenchSettings, run_bench
+from onnxscale.bench import BenchSettings, Row, run_bench
 from onnxscale.errors import OnnxscaleError
 from onnxscale.store import (ResultStore, compare_machines, compare_providers, default_db_path,
                              variant_label)
@@ -23,7 +23,7 @@ FP = {"id": "fp-a", "cpu": "Test CPU", "hostname": "a"}
 FP_B = {"id": "fp-b", "cpu": "Other CPU", "hostname": "b"}
 
 
-def row(**over) -> dict:
+def row(**over) -> Row:
     base = {
         "model": "m.onnx", "model_hash": "abc", "provider": "cpu",
         "provider_name": "CPUExecutionProvider", "batch": 1, "available": True, "status": "ok",
@@ -37,7 +37,7 @@ def row(**over) -> dict:
     base.update(over)
     base["options"] = {k: base[k] for k in ("threads", "precision", "io_binding", "cuda_graph",
                                             "provider_options", "session_config", "inputs")}
-    return base
+    return Row.from_dict(base)
 
 
 @pytest.fixture
@@ -50,9 +50,9 @@ def store(tmp_path):
 
 def test_roundtrip_and_wal(store):
     store.save(row())
-    got = store.get("abc", "CPUExecutionProvider", row()["options"], 1, "fp-a")
-    assert got["p50_ms"] == 10.0 and got["model"] == "m.onnx"
-    assert store.get("abc", "CPUExecutionProvider", row(threads=2)["options"], 1, "fp-a") is None
+    got = store.get("abc", "CPUExecutionProvider", row().options, 1, "fp-a")
+    assert got.p50_ms == 10.0 and got.model == "m.onnx"
+    assert store.get("abc", "CPUExecutionProvider", row(threads=2).options, 1, "fp-a") is None
     mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert set(store.fingerprints()) == {"fp-a", "fp-b"}
@@ -62,7 +62,7 @@ def test_upsert_no_duplicates(store):
     store.save(row(p50_ms=10.0))
     store.save(row(p50_ms=8.0, measured_at=2.0))
     assert store.count() == 1
-    assert store.rows()[0]["p50_ms"] == 8.0
+    assert store.rows()[0].p50_ms == 8.0
     # any key part that differs makes a new row
     store.save(row(batch=8))
     store.save(row(fingerprint="fp-b"))
@@ -153,20 +153,20 @@ def test_resume_skips_finished_configurations(tmp_path):
     settings = BenchSettings(threads=1, runs=3, warmup=1)
     with ResultStore(tmp_path / "r.db") as store:
         first = run_bench([a], ["CPUExecutionProvider"], [1], settings, store=store)
-        stamp = first.rows[0]["measured_at"]
+        stamp = first.rows[0].measured_at
         # an "interrupted" earlier run measured a only; resuming measures b and reuses a
         second = run_bench([a, b], ["CPUExecutionProvider", "OpenVINOExecutionProvider"], [1],
                            settings, store=store, resume=True)
-        assert [r.get("cached", False) for r in second.rows] == [True, False, False, False]
-        assert second.rows[0]["measured_at"] == stamp
+        assert [r.cached for r in second.rows] == [True, False, False, False]
+        assert second.rows[0].measured_at == stamp
         assert store.count() == 4  # a/cpu, a/openvino (unavailable), b/cpu, b/openvino
         # without resume the row is measured again and replaced, never duplicated
         third = run_bench([a], ["CPUExecutionProvider"], [1], settings, store=store)
-        assert third.rows[0]["measured_at"] > stamp and store.count() == 4
+        assert third.rows[0].measured_at > stamp and store.count() == 4
         # resume retries unavailable rows rather than trusting them
         fourth = run_bench([b], ["OpenVINOExecutionProvider"], [1], settings, store=store,
                            resume=True)
-        assert not fourth.rows[0].get("cached")
+        assert not fourth.rows[0].cached
 
 
 def test_variant_labels():

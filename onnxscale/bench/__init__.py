@@ -3,17 +3,19 @@
     >>> from onnxscale.bench import BenchSettings, run_bench
     >>> report = run_bench(["model.onnx"], ["CPUExecutionProvider"], [1, 8],
     ...                    BenchSettings(threads=1, runs=50))
-    >>> report.rows[0]["p50_ms"]
+    >>> report.rows[0].p50_ms
 
 `run_bench` loads every model first (so a bad path fails before any timing), then measures each
 (model, batch, provider) configuration in that order (providers of one model and batch measured
 back to back, so their ratio is least affected by drift) and saves each row to the results store
-as soon as it is measured.  See `runner` for the timing method, `providers` for names, options and
-availability, `fingerprint` for the machine record.
+as soon as it is measured.  See `runner` for the timing method (its steps in `settings`, `inputs`,
+`session` and `timing`), `row` for what a measurement records, `providers` for names, options
+and availability, `fingerprint` for the machine record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -21,15 +23,19 @@ from typing import Callable
 
 from ..errors import OnnxscaleError
 from ..model import LoadedModel, load_model
+from ..paths import default_cache_dir
 from . import fingerprint as fingerprint_mod
+from .inputs import PreparedModel, prepare
 from .providers import (CPU, availability, parse_provider_options, parse_providers,
                         resolve_provider, short_name)
-from .runner import BenchSettings, PreparedModel, default_cache_dir, key_options, measure, prepare
+from .row import Row
+from .runner import measure
+from .settings import BenchSettings, key_options
 
 __all__ = [
-    "BenchInterrupted", "BenchReport", "BenchSettings", "CPU", "availability", "default_cache_dir",
-    "model_hash", "parse_provider_options", "parse_providers", "resolve_provider", "run_bench",
-    "short_name",
+    "BenchInterrupted", "BenchReport", "BenchSettings", "CPU", "Row", "availability",
+    "default_cache_dir", "model_hash", "parse_provider_options", "parse_providers",
+    "resolve_provider", "run_bench", "short_name",
 ]
 
 
@@ -41,7 +47,7 @@ class BenchInterrupted(OnnxscaleError):
 
 @dataclass
 class BenchReport:
-    rows: list[dict] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
     fingerprint: dict = field(default_factory=dict)
     planned: int = 0
 
@@ -59,7 +65,7 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
               batches: list[int | None],
               settings: BenchSettings, *, store=None, resume: bool = False,
               progress: ProgressFn | None = None,
-              on_row: Callable[[dict], None] | None = None) -> BenchReport:
+              on_row: Callable[[Row], None] | None = None) -> BenchReport:
     """Measure every (model, batch, provider); rows are saved to ``store`` one by one.
 
     ``resume``: configurations already measured on this machine are taken from the store.
@@ -94,8 +100,8 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
         if resume and store is not None:
             options = key_options(provider, prepared, settings)
             stored = store.get(digest, provider, options, prepared.batch, fp["id"])
-            if stored is not None and stored.get("available"):
-                row = dict(stored, cached=True)
+            if stored is not None and stored.available:
+                row = dataclasses.replace(stored, cached=True)
         if row is None:
             def phase(name: str, fraction: float | None, _i=index, _d=desc) -> None:
                 if progress is not None:
@@ -103,8 +109,8 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
 
             row = measure(prepared, provider, settings, model=model.source, model_hash=digest,
                           progress=phase)
-            row["fingerprint"] = fp["id"]
-            row["measured_at"] = time.time()
+            row.fingerprint = fp["id"]
+            row.measured_at = time.time()
             if store is not None:
                 store.save(row)
         report.rows.append(row)

@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import external
-from ..errors import OnnxscaleError
+from ..errors import OnnxscaleError, UsageError
 from .pipeline import (Planner, apply_plan, check, check_base, compare_outputs,
                        default_output, stamp)
 from .plan import Multipliers, Plan, ScaleOptions
 from .resolution.resize import spatial_axes
 from .solver import TOLERANCE, Solution, solve
-from .strategy import preset_multipliers
+from .strategy import alpha_weights, parse_flops, parse_strategy, preset_multipliers
 
 
 SPILL_MODEL_BYTES = 512 << 20  # scaled models with more weights than this rewrite via disk
@@ -57,6 +58,75 @@ class Planned:
     solution: Solution | None = None
 
 
+def make_jobs(strategy: str | None = None, alpha: str | None = None,
+              flops_target: str | None = None, preset: str | None = None,
+              no_search: bool = False, multipliers=(None, None, None, None),
+              tolerance: float = TOLERANCE, strict: bool = False) -> list[Job]:
+    """What to make, from the command line's values: one job, or a grid (comma-separated
+    strategies, alphas, flops targets or presets).  ``multipliers`` is (width, depth,
+    resolution, group width), None where not given."""
+    has_multipliers = any(v is not None for v in multipliers)
+    if preset is not None:
+        if strategy or alpha or flops_target or has_multipliers:
+            raise UsageError("--preset sets depth, width and resolution itself: give it alone, "
+                             "without --strategy/--alpha/--flops or multipliers")
+        names = split_list(preset, "--preset")
+        for name in names:
+            checked(preset_multipliers, name)
+        return [Job(preset=name) for name in names]
+    if strategy is None and alpha is None:
+        if flops_target is not None:
+            raise UsageError("--flops needs --strategy (e.g. dWr) or --alpha")
+        width, depth, resolution, group_width = multipliers
+        return [Job(multipliers=Multipliers(d=depth or 1.0, w=width or 1.0,
+                                            g=group_width or 1.0, r=resolution or 1.0))]
+    if has_multipliers:
+        raise UsageError("give either --strategy/--alpha with --flops, or --width/--depth/"
+                         "--resolution/--group-width, not both")
+    if strategy is not None and alpha is not None:
+        raise UsageError("give --strategy or --alpha, not both")
+    if flops_target is None:
+        raise UsageError("--strategy/--alpha need a flops target: --flops 2x (or 4G)")
+    if strategy is not None:
+        named = [(name, checked(parse_strategy, name))
+                 for name in split_list(strategy, "--strategy")]
+    else:
+        named = [(f"alpha={a}", checked(alpha_weights, checked(float, a)))
+                 for a in split_list(alpha, "--alpha")]
+    targets = [(text, checked(parse_flops, text)) for text in split_list(flops_target, "--flops")]
+    return [Job(strategy=name, weights=weights, flops=text, target=target,
+                search=not no_search, tolerance=tolerance, strict=strict)
+            for name, weights in named for text, target in targets]
+
+
+def parse_tolerance(text: str | float) -> float:
+    """``1.5%`` or ``0.015`` -> 0.015 (finite, positive, below 100%)."""
+    spec = str(text).strip()
+    value = float(spec[:-1]) / 100 if spec.endswith("%") else float(spec)
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise ValueError(f"--tolerance '{text}': give a fraction in (0, 1) or a percentage "
+                         f"like 1.5%")
+    return value
+
+
+def checked(parse, text):
+    """Run a strategy-module parser, turning its ValueError into a usage error."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def split_list(text: str, flag: str) -> list[str]:
+    """A comma-separated flag value, refused when an entry is empty or repeated."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(parts):
+        raise UsageError(f"{flag} '{text}': empty entry in the comma-separated list")
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"{flag} '{text}': an entry is repeated")
+    return parts
+
+
 def plan_job(planner: Planner, job: Job, options: ScaleOptions) -> Planned:
     """The plan of one job (no weight is written)."""
     if job.preset:
@@ -87,6 +157,34 @@ def grid_output(source: str, job: Job, folder: Path) -> Path:
     stem = stem[:-5] if stem.endswith(".onnx") else stem
     tag = job.preset or f"{job.strategy}.{job.flops}".replace("/", "_").replace("=", "")
     return folder / f"{stem}.{tag}.onnx"
+
+
+def write_grid(loaded, shapes: dict[str, list[int]], jobs: list[Job], options: ScaleOptions,
+               folder: Path, verify: bool, progress=None) -> list[dict]:
+    """Plan every job (refusing the whole grid before anything is written when one cell is
+    unreachable), then write them all to ``folder``; the ``--json`` object of each.
+    ``progress(description)`` is called before each of the 2 x len(jobs) steps."""
+    if folder.exists() and not folder.is_dir():
+        raise OnnxscaleError(f"{folder}: a grid writes one file per combination; -o must be "
+                             f"a folder, and this is a file")
+    planner = Planner(loaded.proto, shapes)
+    planned = []
+    for job in jobs:
+        if progress is not None:
+            progress(f"planning {job.label}")
+        try:
+            planned.append(plan_job(planner, job, options))
+        except OnnxscaleError as exc:
+            raise type(exc)(f"{job.label}: {exc} (nothing written)") from exc
+    del planner
+    folder.mkdir(parents=True, exist_ok=True)
+    results = []
+    for item in planned:
+        if progress is not None:
+            progress(f"writing {item.job.label}")
+        results.append(write_job(loaded, shapes, item, grid_output(loaded.source, item.job,
+                                                                    folder), verify))
+    return results
 
 
 def write_job(loaded, shapes: dict[str, list[int]], planned: Planned, output: Path | None,

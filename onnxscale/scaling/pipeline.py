@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .. import __version__, external
+from .. import external
+from ..version import __version__
 from ..complexity import Report, analyze
 from ..errors import OnnxscaleError, UsageError, first_line
+from ..feeds import random_feeds
 from ..graph import Graph, contradicts, declared_dims, with_input_dims
 from ..hollow import hollow_model
 from .depth.deepen import scale_depth
@@ -151,7 +153,7 @@ def plan_scale(hollow: onnx.ModelProto, input_shapes: dict[str, list[int]],
     model, edits, graph, inputs = _run_steps(hollow, graph, multipliers, options, cache,
                                              declare_inputs=False)
     scaled = analyze(graph)
-    plan = Plan(multipliers, options, base, scaled, inputs, _weight_bytes(graph), edits)
+    plan = Plan(multipliers, options, base, scaled, inputs, _planned_weight_bytes(graph), edits)
     _refuse_plan(plan)
     return plan
 
@@ -276,8 +278,9 @@ class TooLarge(UsageError):
     """A plan beyond the size limit (the solver treats it as 'too big', not as a failure)."""
 
 
-def _weight_bytes(graph: Graph) -> int:
-    """Bytes of every weight of a (possibly hollow) model, from dims and dtypes alone."""
+def _planned_weight_bytes(graph: Graph) -> int:
+    """Bytes of every weight (initializers and Constant nodes) of a (possibly hollow) model,
+    from dims and dtypes alone: what the planned model will hold in memory."""
     total = 0
     for tensor in graph.consts.values():
         try:
@@ -353,18 +356,9 @@ def _fmt(value: float) -> str:
 
 
 def random_inputs(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random feeds of the right dtype and shape for every graph input."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for name, dims in graph.inputs.items():
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(graph.dtypes.get(name, 1))
-        if np.issubdtype(dtype, np.floating):
-            feeds[name] = rng.standard_normal(dims).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[name] = rng.integers(0, 2, dims).astype(dtype)
-        else:
-            feeds[name] = rng.integers(0, 4, dims).astype(dtype)
-    return feeds
+    """Random feeds of the right dtype and shape for every graph input (`feeds`)."""
+    return random_feeds((name, dims, onnx.helper.tensor_dtype_to_np_dtype(
+        graph.dtypes.get(name, onnx.TensorProto.FLOAT))) for name, dims in graph.inputs.items())
 
 
 def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto | bytes | str,

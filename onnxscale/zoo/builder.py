@@ -168,7 +168,7 @@ class GraphBuilder:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="onnxscale", doc_string=doc)
         model.ir_version = IR_VERSION
-        from .. import __version__
+        from ..version import __version__
 
         model.producer_version = __version__
         model.model_version = 1

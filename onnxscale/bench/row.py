@@ -1,0 +1,96 @@
+"""One measured configuration: the record `bench` makes, the store keeps, and sweep cells,
+`results` and `report` read.
+
+Its fields are declared here, once; everything else reads them by name.  A row is stored as
+its dict (`Row.to_dict`) in the results database and read back with `Row.from_dict`, which
+keeps fields an older or newer onnxscale wrote under ``extra`` rather than failing on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# timing statistics, in milliseconds (throughput: items per second)
+METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
+           "throughput", "runs")
+
+
+@dataclass
+class Row:
+    """A (model, provider, batch, options, machine) configuration and what timing it gave.
+
+    ``available`` is False (with ``reason``) when the provider could not run the model;
+    ``status`` is ``ok``, ``unavailable`` or ``failed``.  Times are milliseconds."""
+
+    model: str
+    model_hash: str
+    provider: str                     # short name: cpu, cuda, tensorrt, ...
+    provider_name: str                # onnxruntime's: CPUExecutionProvider, ...
+    batch: int
+    available: bool = False
+    status: str = "unavailable"
+    reason: str | None = None
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    cv: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    throughput: float | None = None
+    runs: int | None = None
+    warmup_runs: int | None = None
+    warmup_settled: bool | None = None
+    session_create_ms: float | None = None
+    first_run_ms: float | None = None
+    engine_build_ms: float | None = None
+    peak_host_mb: float | None = None
+    threads: int | None = None
+    precision: str = "fp32"
+    io_binding: bool = False
+    cuda_graph: bool = False
+    provider_options: dict[str, str] = field(default_factory=dict)
+    session_config: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, list[int]] = field(default_factory=dict)
+    providers_used: list[str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # what identifies the configuration
+    notes: list[str] = field(default_factory=list)
+    ort_version: str | None = None
+    provider_options_effective: dict[str, str] | None = None
+    fingerprint: str | None = None    # the machine's fingerprint id
+    measured_at: float | None = None  # seconds since the epoch
+    cached: bool = False              # taken from the store (bench --resume), not measured now
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, model: str, model_hash: str, provider: str, short: str, batch: int,
+              options: dict) -> "Row":
+        """A row before measuring: its configuration, no figures yet."""
+        return cls(model=model, model_hash=model_hash, provider=short, provider_name=provider,
+                   batch=batch, threads=options["threads"], precision=options["precision"],
+                   io_binding=options["io_binding"], cuda_graph=options["cuda_graph"],
+                   provider_options=options["provider_options"],
+                   session_config=options["session_config"], inputs=options["inputs"],
+                   options=options)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as JSON-ready values (what ``--json`` prints and the store keeps)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name != "extra"}
+        if not self.cached:
+            del out["cached"]
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Row":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    def update_metrics(self, stats: dict[str, float]) -> None:
+        for key in METRICS:
+            setattr(self, key, stats[key])
