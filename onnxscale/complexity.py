@@ -1,4 +1,4 @@
-"""Complexity in the pycls convention (DESIGN.md §2): flops, params, acts per layer and stage.
+"""Complexity in the pycls convention (docs/concepts.md): flops, params, acts per layer and stage.
 
 - flops: multiply-adds of Conv, ConvTranspose, Gemm and MatMul (bias adds, BN, activations,
   pooling and residual adds are 0);

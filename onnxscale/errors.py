@@ -1,8 +1,8 @@
 """The one error type users see.
 
 Anything the user can fix (a bad path, a malformed flag, a model we cannot handle) raises
-`OnnxscaleError` (``onnxscale.Error``) with a message that fits on one line and names the culprit (file, input,
-node).  The CLI prints it as ``error: <message>`` and exits non-zero; everything else is a bug
+`OnnxscaleError` (``onnxscale.Error``) with a message that fits on one line and names
+the culprit (file, input, node).  The CLI prints it as ``error: <message>`` and exits non-zero; everything else is a bug
 and is reported as an internal error (with the traceback only under ``--debug``).
 """
 

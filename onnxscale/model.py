@@ -41,7 +41,8 @@ class LoadedModel:
 
 
 def load_model(spec: str, *, seed: int = 0, lazy: bool = False) -> LoadedModel:
-    """Load ``spec`` (a path, ``zoo:NAME``, ``torchvision:NAME`` or ``timm:NAME``) and check it is an ONNX model we can read.
+    """Load ``spec`` (a path, ``zoo:NAME``, ``torchvision:NAME`` or ``timm:NAME``) and check
+    it is an ONNX model we can read.
 
     ``lazy``: large weights in an external data file are not read (`external`): analysis
     and planning need their dims only, and writing streams them one at a time."""

@@ -46,7 +46,7 @@ def torchvision_export(arch: str, folder: Path) -> Path:
     path = folder / f"tv_{arch}.onnx"
     if path.exists():
         return path
-    # torchvision's CUDA wheel registers ops that fail on CPU-only torch (DESIGN.md §6)
+    # torchvision's CUDA wheel registers ops that fail on CPU-only torch (docs/design.md, Test material)
     for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
         sys.modules.setdefault(name, types.ModuleType(name))
     import warnings

@@ -7,7 +7,7 @@ Sweeps zoo EfficientNet-B0, RegNetY-400MF and RegNetZ-500MF with d, w, r, dw, dw
 go on), writes the report (`onnxscale report`), then says where the measurements agree with
 the paper and where this hardware differs:
 
-- growth exponents of activations and parameters against flops (DESIGN.md §3: dWr acts
+- growth exponents of activations and parameters against flops (docs/concepts.md (Strategies): dWr acts
   ~ s^0.6, dwr s^0.83, ...), within +-0.1;
 - which complexity metric runtime follows, per provider (the paper: on GPUs, acts);
 - which strategy is fastest at 16x flops.
@@ -79,7 +79,7 @@ def main() -> None:
 
 def compare(summary: dict) -> None:
     """Measured against the paper: exponents, the metric runtime follows, the fastest."""
-    print("\ngrowth exponents against flops, measured (paper, DESIGN.md §3):")
+    print("\ngrowth exponents against flops, measured (paper, docs/concepts.md (Strategies)):")
     print(f"{'model':24} {'strategy':8} {'acts':>13} {'params':>13}  agrees (+-0.1)")
     for entry in summary["exponents"].values():
         want = paper_exponents(parse_strategy(entry["strategy"]))

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from .conftest import run_cli
 
-DESIGN_TABLE = {  # DESIGN.md §2 (flops within 0.1%: pycls adds SE/fc bias terms)
+PYCLS_TABLE = {  # docs/concepts.md, Complexity (flops within 0.1%: pycls adds SE/fc biases)
     "efficientnet-b0": (385_825_092, 5_288_548, 6_748_036, 224),
     "efficientnet-b1": (686_817_992, 7_794_184, 10_884_328, 240),
     "efficientnet-b2": (993_578_282, 9_109_994, 13_832_834, 260),
@@ -21,9 +21,9 @@ DESIGN_TABLE = {  # DESIGN.md §2 (flops within 0.1%: pycls adds SE/fc bias term
 }
 
 
-@pytest.mark.parametrize("name", list(DESIGN_TABLE))
+@pytest.mark.parametrize("name", list(PYCLS_TABLE))
 def test_zoo_models_match_pycls(name):
-    flops, params, acts, res = DESIGN_TABLE[name]
+    flops, params, acts, res = PYCLS_TABLE[name]
     result = run_cli("analyze", f"zoo:{name}", "--json", check=True)
     report = json.loads(result.stdout)
     assert report["params"] == params and report["acts"] == acts

@@ -1,5 +1,5 @@
 """Complexity of real architectures exported by torch, checked against independent references:
-the pycls numbers of DESIGN.md §2, torch's FlopCounterMode, and forward hooks on torch modules."""
+the pycls numbers of docs/concepts.md, torch's FlopCounterMode, and forward hooks on torch modules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from onnxscale.model import load_model
 
 from .conftest import make_torch_model
 
-# (flops, params, acts) from pycls, DESIGN.md §2
+# (flops, params, acts) from pycls, docs/concepts.md (Complexity)
 PYCLS = {
     "efficientnet_b0": (385_825_092, 5_288_548, 6_748_036, 224),
     "efficientnet_b1": (686_817_992, 7_794_184, 10_884_328, 240),

@@ -52,7 +52,7 @@ def test_fit_never_goes_negative():
 
 def test_exponents_of_efficientnet_b0_match_the_paper():
     """acts and params growth with flops, fitted over x2..x16 plans of each strategy, within
-    +-0.1 of DESIGN.md §3 (dWr acts ~ s^0.6, dwr s^0.83, ...)."""
+    +-0.1 of docs/concepts.md (Strategies) (dWr acts ~ s^0.6, dwr s^0.83, ...)."""
     planner = Planner(zoo.build("efficientnet-b0"), {})
     base = planner.base
     rows = [{"model": "b0", "strategy": "base", "flops_factor": 1.0, "flops": base.flops,

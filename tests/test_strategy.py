@@ -1,4 +1,4 @@
-"""Strategy math (DESIGN.md §3): strategy strings, alpha, multipliers, flops targets."""
+"""Strategy math (docs/concepts.md, Strategies): strategy strings, alpha, multipliers, flops targets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from onnxscale.graph import Graph
 from onnxscale.scaling.strategy import (alpha_weights, exponents, multipliers, parse_flops,
                                         parse_strategy)
 
-# DESIGN.md §3: strategy -> exponents of (d, w, r, params, acts) in s
+# docs/concepts.md (Strategies): strategy -> exponents of (d, w, r, params, acts) in s
 TABLE = {
     "d": (1, 0, 0, 1, 1),
     "w": (0, 1 / 2, 0, 1, 1 / 2),
@@ -62,7 +62,7 @@ def test_bad_flops(bad):
 
 
 def test_pycls_misses_the_target_that_we_hit():
-    """DESIGN.md §3: EfficientNet-B0 x16 with dWr, pycls's rounding reaches 5.48 GF, not 6.17."""
+    """docs/concepts.md (Strategies): EfficientNet-B0 x16 with dWr, pycls's rounding reaches 5.48 GF, not 6.17."""
     m = multipliers(parse_strategy("dWr"), 16)
     spec = zoo.spec("efficientnet-b0").scaled(**m)
     flops = analyze(Graph(zoo.build_spec(spec))).flops

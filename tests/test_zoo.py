@@ -29,7 +29,7 @@ REQUIRED = [
     "regnety-400mf", "regnety-800mf", "regnetz-500mf", "resnet-50",
 ]
 
-# DESIGN.md §2: pycls's flops / params / acts (pycls flops include SE and classifier biases).
+# docs/concepts.md (Complexity): pycls's flops / params / acts (pycls flops include SE and classifier biases).
 PYCLS_REFERENCE = {
     "efficientnet-b0": (385_825_092, 5_288_548, 6_748_036),
     "efficientnet-b1": (686_817_992, 7_794_184, 10_884_328),
@@ -57,7 +57,7 @@ def _model(name: str) -> onnx.ModelProto:
 
 
 def _count(model: onnx.ModelProto) -> tuple[int, int, int]:
-    """An independent pycls-convention counter from ONNX shape inference (DESIGN.md §2)."""
+    """An independent pycls-convention counter from ONNX shape inference (docs/concepts.md, Complexity)."""
     inferred = shape_inference.infer_shapes(model, strict_mode=True)
     g = inferred.graph
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
@@ -229,7 +229,7 @@ def test_unit_scaling_is_identity(name):
 
 
 def test_scaled_efficientnet_fast_compound():
-    # DESIGN.md §3: EfficientNet-B0 x16 with dWr (d1_w8_g8_r1) under pycls rounding.
+    # docs/concepts.md (Strategies): EfficientNet-B0 x16 with dWr (d1_w8_g8_r1) under pycls rounding.
     s = zoo.spec("efficientnet-b0").scaled(d=16 ** 0.1, w=16 ** 0.4, g=16 ** 0.4, r=16 ** 0.05)
     assert s.depths == (1, 3, 3, 4, 4, 5, 1)
     assert s.widths == (48, 72, 120, 240, 336, 584, 968)

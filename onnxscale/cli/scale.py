@@ -62,7 +62,8 @@ def _batch_value(value: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables "
                                                       "(a list of them for a grid).")
 def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, preset,
-          no_search, tolerance, strict, batch, init, divisor, output, verify, seed, max_size, input_shapes,
+          no_search, tolerance, strict, batch, init, divisor, output, verify, seed, max_size,
+          input_shapes,
           as_json):
     """Scale width, depth and resolution to a new ONNX model.
 

@@ -1,7 +1,7 @@
 """Weights of widened layers: function-preserving copies (Net2Net) or fresh random values.
 
 Every widened tensor is described by *positions*: for each new channel, the old channel it
-copies (``np.arange(new) % old`` per group, see `width.py`).  A layer then
+copies (``np.arange(new) % old`` per group, see `width/widen.py`).  A layer then
 
 - gathers its output side: new output channel j gets the weights, bias and BN statistics of
   old channel ``out_pos[j]``, so it computes an exact copy of that channel;

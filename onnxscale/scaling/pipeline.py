@@ -227,7 +227,8 @@ def _check_options(options: ScaleOptions) -> None:
 def _refuse_estimate(base: Report, m: Multipliers, options: ScaleOptions) -> None:
     """Refuse multipliers far beyond the size limit before spending time planning them.
 
-    params grow about d*w^2 and acts d*w*r^2 (DESIGN.md §3); the plan then checks exactly."""
+    params grow about d*w^2 and acts d*w*r^2 (docs/concepts.md, Strategies); the plan then
+    checks exactly."""
     params = 4.0 * max(base.params, 1) * max(m.d, 1) * max(m.w, 1) ** 2 * max(m.g, 1)
     acts = 4.0 * max(base.acts, 1) * max(m.d, 1) * max(m.w, 1) * max(m.r, 1) ** 2
     limit = ESTIMATE_SLACK * options.max_bytes

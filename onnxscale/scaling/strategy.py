@@ -195,7 +195,7 @@ def alpha_weights(alpha: float) -> dict[str, float]:
 
 
 def multipliers(weights: dict[str, float], s: float) -> dict[str, float]:
-    """Multipliers for an ``s``-fold flops increase (DESIGN.md §3).
+    """Multipliers for an ``s``-fold flops increase (docs/concepts.md, Strategies).
 
     With sw = W_d + W_w + W_r: d = s^(W_d/sw), w = s^(W_w/(2 sw)), g = s^(W_g/(2 sw)),
     r = s^(W_r/(2 sw)); flops ~ d w^2 r^2 = s.

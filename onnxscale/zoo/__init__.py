@@ -1,7 +1,7 @@
 """Built-in base CNNs, generated directly as ONNX graphs with seeded random weights.
 
 The architectures are pycls's (``facebookresearch/pycls``: EfficientNet, RegNet X/Y/Z as AnyNet,
-ResNet), so their flops / params / acts match pycls's published complexity (DESIGN.md §2).
+ResNet), so their flops / params / acts match pycls's published complexity (docs/concepts.md, Complexity).
 
     >>> from onnxscale import zoo
     >>> zoo.names()[:2]

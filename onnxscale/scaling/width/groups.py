@@ -19,8 +19,8 @@ Each op rule says what the op does to channels:
 - anything else pins what it touches ("unsupported op Foo at node bar"), as do graph inputs
   and graph outputs.
 
-The rules (and `find_groups`) live in `rules.py`.  The result (`ChannelGroups`) lists the groups and, for the
-rewrite (`width.py`), every weight, per-channel tensor and shape constant that depends on a
+The rules (and `find_groups`) live in `rules.py`.  The result (`ChannelGroups`) lists the
+groups and, for the rewrite (`widen.py`, `rewrite.py`), every weight, per-channel tensor and shape constant that depends on a
 group.
 """
 
