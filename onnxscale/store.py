@@ -233,7 +233,7 @@ class ResultStore:
             sql += " AND fingerprint LIKE ?"
             args.append(fingerprint + "%")
         sql += " ORDER BY measured_at, rowid"
-        return [Row.from_dict(json.loads(r["data"])) for r in self._conn.execute(sql, args)]
+        return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
 
     # -- reading -------------------------------------------------------------------------------
 
