@@ -23,7 +23,7 @@ __all__ = ["Analysis", "Error", "Figures", "OnnxscaleError", "ReportSummary", "R
 def __getattr__(name: str):
     """`Row` (a bench measurement) is imported on first use: its package loads onnx."""
     if name == "Row":
-        from .bench.row import Row
+        from .runtime.row import Row
 
         return Row
     raise AttributeError(f"module 'onnxscale' has no attribute {name!r}")

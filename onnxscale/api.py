@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import onnx
     import pandas
 
-    from .bench.row import Row
+    from .runtime.row import Row
     from .complexity import Report
     from .model import LoadedModel
     from .scaling.job import Planned
@@ -350,8 +350,8 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
     ``providers``: ``"cpu,cuda"`` or a list of short or full names.  ``provider_options``:
     ``"[PROVIDER:]KEY=VALUE"`` strings, as ``--provider-option`` takes them.  Rows are stored
     in the results database ``db`` when given (``resume``: reuse rows stored there)."""
-    from .bench import parse_providers, run_bench
-    from .bench.settings import make_settings, parse_batches
+    from .runtime import parse_providers, run_bench
+    from .runtime.settings import make_settings, parse_batches
     from .store import ResultStore
 
     if resume and db is None:
@@ -388,11 +388,11 @@ def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,
     """Scale each model with every strategy to every flops factor and time each result on
     every provider (``onnxscale sweep``).  Cells are stored one by one in ``db`` (default: the
     user's results database); a rerun skips the cells already there."""
-    from .bench import parse_providers
-    from .bench.settings import make_settings, parse_batches
+    from .runtime import parse_providers
+    from .runtime.settings import make_settings, parse_batches
     from .scaling.job import parse_tolerance
     from .store import ResultStore, default_db_path
-    from .sweep import Sweep, parse_factors, parse_strategies
+    from .sweeps import Sweep, parse_factors, parse_strategies
 
     provider_names = parse_providers(_names(providers))
     settings = make_settings(provider_names, threads=threads, precision=precision,
@@ -423,8 +423,8 @@ def report(output: str | os.PathLike, *, db: str | os.PathLike | None = None,
            machine: str | None = None, reference: str | None = None) -> ReportSummary:
     """Analyze the stored sweeps and write plots, ``summary.json``, ``summary.md`` and
     ``index.html`` to the folder ``output`` (``onnxscale report``)."""
-    from .bench import parse_providers
-    from .report import build_report
+    from .runtime import parse_providers
+    from .reporting import build_report
     from .store import default_db_path
 
     path = Path(db) if db is not None else default_db_path()

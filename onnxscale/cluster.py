@@ -35,12 +35,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from .bench import model_hash
-from .bench.providers import short_name
-from .bench.row import Row
+from .runtime import model_hash
+from .runtime.providers import short_name
+from .runtime.row import Row
 from .errors import OnnxscaleError, UsageError
 from .model import LoadedModel, from_pieces, load_model, to_pieces
-from .sweep import (Strategy, Sweep, _figures, failed_cells, job_facts, make_scaled,
+from .sweeps import (Strategy, Sweep, _figures, failed_cells, job_facts, make_scaled,
                     sweep_jobs, time_cells)
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -186,7 +186,7 @@ def discover(ray) -> list[Node]:
 
 
 def _fingerprint() -> dict:
-    from .bench import fingerprint
+    from .runtime import fingerprint
 
     return fingerprint.collect()
 
@@ -378,7 +378,7 @@ def run_unit(base: list, source: str, strategy: Strategy, factor: float, facts: 
 
     ``base`` holds the reference to the base model's pieces, in a list so that Ray does not
     fetch and deserialize it for every unit: a worker does that once per base model."""
-    from .bench import fingerprint
+    from .runtime import fingerprint
 
     machine = fingerprint.collect()["id"]
     keys = [key | {"fingerprint": machine} for key in pending]

@@ -11,7 +11,7 @@ from rich import box
 from .complexity import Report
 
 if TYPE_CHECKING:
-    from .bench.row import Row
+    from .runtime.row import Row
 
 
 def human(value: int | float, unit: str = "") -> str:
@@ -167,7 +167,7 @@ def print_sweep(result, db_path, console: Console | None = None,
                 machines: dict[str, dict] | None = None) -> None:
     """One row per (model, strategy, factor): complexity ratios and p50 per provider/batch,
     and per machine when the cells come from several (``machines``: fingerprints by id)."""
-    from .bench.providers import short_name
+    from .runtime.providers import short_name
 
     console = console or Console()
     several = len({c.get("fingerprint") for c in result.cells}) > 1
@@ -282,7 +282,7 @@ def bench_progress(enabled: bool):
 
 
 def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
-    from .bench.fingerprint import label
+    from .runtime.fingerprint import label
     from .store import compare_providers
 
     console = Console()
@@ -385,7 +385,7 @@ def print_side_by_side(console, entries: list[dict], machines: dict | None = Non
 def print_results(path, rows: list[Row], fingerprints: dict, side: list[dict], across: list[dict],
                   filtered: bool) -> None:
     """`onnxscale results`: providers side by side, then one model across machines."""
-    from .bench.fingerprint import label
+    from .runtime.fingerprint import label
 
     console = Console()
     if not rows:

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .bench.row import Row
+from .runtime.row import Row
 from .errors import OnnxscaleError
 
 SCHEMA_VERSION = 2  # 2: sweep_cells (a version-1 database is upgraded in place)
@@ -301,7 +301,7 @@ class _Transaction:
 def variant_label(row: Row) -> str:
     """Provider name plus what sets this row apart from the provider's defaults
     (``cuda+graph``, ``cpu+iob``, ``tensorrt[trt_fp16_enable=1]``)."""
-    from .bench.providers import DEVICE_MEMORY
+    from .runtime.providers import DEVICE_MEMORY
 
     label = row.provider or "?"
     if row.cuda_graph:

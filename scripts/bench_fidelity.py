@@ -3,7 +3,7 @@
 
 For each model, in one process, alternately (ABBA order per round) time
 
-* the harness: ``onnxscale.bench`` (its own session, adaptive warm-up, per-run timing), and
+* the harness: ``onnxscale.runtime`` (its own session, adaptive warm-up, per-run timing), and
 * a bare loop: one ``InferenceSession`` with the same thread count, a fixed warm-up, then
   ``t0 = perf_counter(); session.run(None, feeds); times.append(perf_counter() - t0)``,
 
@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from onnxscale.bench import BenchSettings, model_hash  # noqa: E402
-from onnxscale.bench.inputs import prepare, random_inputs  # noqa: E402
-from onnxscale.bench.runner import measure  # noqa: E402
+from onnxscale.runtime import BenchSettings, model_hash  # noqa: E402
+from onnxscale.runtime.inputs import prepare, random_inputs  # noqa: E402
+from onnxscale.runtime.runner import measure  # noqa: E402
 from onnxscale.model import LoadedModel, load_model  # noqa: E402
 
 ZOO = {"ResNet-18": "zoo:resnet-18", "EfficientNet-B0": "zoo:efficientnet-b0"}

@@ -20,11 +20,11 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from onnxscale.bench import BenchSettings, run_bench
-from onnxscale.bench import providers as P
-from onnxscale.bench.inputs import prepare, random_inputs, to_fp16
-from onnxscale.bench.runner import measure
-from onnxscale.bench.timing import settled, summarize, time_runs, warm_up
+from onnxscale.runtime import BenchSettings, run_bench
+from onnxscale.runtime import providers as P
+from onnxscale.runtime.inputs import prepare, random_inputs, to_fp16
+from onnxscale.runtime.runner import measure
+from onnxscale.runtime.timing import settled, summarize, time_runs, warm_up
 from onnxscale.cli import main
 from onnxscale.errors import OnnxscaleError, UsageError
 
@@ -95,7 +95,7 @@ def _cuda_works() -> bool:
                          [h.make_tensor_value_info("y", T.FLOAT, [1])])
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
     model.ir_version = 8
-    from onnxscale.bench.session import capture_native_output
+    from onnxscale.runtime.session import capture_native_output
 
     try:
         with capture_native_output():
@@ -574,7 +574,7 @@ def test_gpu_tensorrt_caches(tiny, tmp_path):
 def test_a_machine_name_is_part_of_the_fingerprint_only_when_set(monkeypatch):
     """$ONNXSCALE_MACHINE tells apart machines the hardware fields cannot (a Ray node, a
     container with a CPU quota); unset, the id is the one stores already hold."""
-    from onnxscale.bench import fingerprint
+    from onnxscale.runtime import fingerprint
 
     monkeypatch.delenv(fingerprint.MACHINE_NAME_ENV, raising=False)
     plain = fingerprint.collect()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from onnxscale import zoo
-from onnxscale.report import exponents, nonnegative_fit, runtime_fit
+from onnxscale.reporting import exponents, nonnegative_fit, runtime_fit
 from onnxscale.scaling.pipeline import Planner
 from onnxscale.scaling.plan import ScaleOptions
 from onnxscale.scaling.solver import Unreachable, solve
@@ -190,7 +190,7 @@ def test_nothing_is_nan_in_a_one_point_panel(tmp_path):
 def test_log_axes_label_a_narrow_range_with_several_numbers():
     """A 2x sweep's runtimes (80-160 ms) hold a single 1-2-5 tick (100): the axis would read
     as one number.  Under 3x the ticks are finer; wide ranges keep 1, 2, 5 per decade."""
-    from onnxscale.report import _nice_log_locator
+    from onnxscale.reporting import _nice_log_locator
 
     def ticks(low, high):
         return [float(t) for t in _nice_log_locator().tick_values(low, high) if low <= t <= high]

@@ -14,7 +14,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from onnxscale.bench import BenchSettings, Row, run_bench
+from onnxscale.runtime import BenchSettings, Row, run_bench
 from onnxscale.errors import OnnxscaleError
 from onnxscale.store import (ResultStore, compare_machines, compare_providers, default_db_path,
                              variant_label)

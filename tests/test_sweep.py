@@ -15,7 +15,7 @@ import pytest
 
 from onnxscale.errors import OnnxscaleError
 from onnxscale.store import ResultStore
-from onnxscale.sweep import parse_factors
+from onnxscale.sweeps import parse_factors
 
 from .conftest import REPO, run_cli
 
@@ -161,7 +161,7 @@ def test_the_sweep_table_has_a_column_per_machine_when_several_measured():
     from rich.console import Console
 
     from onnxscale import render
-    from onnxscale.sweep import SweepResult
+    from onnxscale.sweeps import SweepResult
 
     cell = {"base": "zoo:m", "strategy": "w", "factor": 2.0, "provider":
             "CPUExecutionProvider", "batch": 1, "status": "ok", "flops": 2.0, "acts": 1.4,

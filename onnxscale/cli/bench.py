@@ -28,8 +28,8 @@ def bench(ctx: click.Context, models, provider_spec, batch_spec, db_path, no_sav
     """
     import signal
 
-    from ..bench import BenchInterrupted, parse_providers, run_bench
-    from ..bench.settings import parse_batches
+    from ..runtime import BenchInterrupted, parse_providers, run_bench
+    from ..runtime.settings import parse_batches
     from ..model import load_model
     from ..store import ResultStore, default_db_path
 
@@ -107,7 +107,7 @@ def results(db_path, model_filter, provider_spec, machine_filter, baseline, as_j
     Providers side by side with speedups, and one model across machines."""
     from pathlib import Path
 
-    from ..bench import parse_providers, short_name
+    from ..runtime import parse_providers, short_name
     from ..store import ResultStore, compare_machines, compare_providers, default_db_path
 
     path = Path(db_path) if db_path else default_db_path()

@@ -91,7 +91,7 @@ def timing_options(default_batch: str | None, batch_help: str):
 
 def settings_from(providers: list[str], values: dict, debug: bool):
     """`BenchSettings` from the values of `timing_options`."""
-    from ..bench.settings import make_settings
+    from ..runtime.settings import make_settings
 
     return make_settings(providers, threads=values["threads"], precision=values["precision"],
                          warmup=values["warmup"], runs=values["runs"],

@@ -51,11 +51,11 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
     """
     from pathlib import Path
 
-    from ..bench import parse_providers
-    from ..bench.settings import parse_batches
+    from ..runtime import parse_providers
+    from ..runtime.settings import parse_batches
     from ..scaling.job import checked, parse_tolerance
     from ..store import ResultStore, default_db_path
-    from ..sweep import Sweep, parse_factors, parse_strategies
+    from ..sweeps import Sweep, parse_factors, parse_strategies
 
     strategies = parse_strategies(strategy, alpha)
     factors = parse_factors(flops_spec)

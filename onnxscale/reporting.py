@@ -38,7 +38,7 @@ STRATEGY_ORDER = ("d", "w", "r", "dw", "dwr", "dWr")
 
 def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
     """One flat row per stored cell that has complexity figures (timed or not)."""
-    from .bench.providers import short_name
+    from .runtime.providers import short_name
 
     rows = []
     for cell in cells:
@@ -304,7 +304,7 @@ def build_report(db_path: Path, folder: Path, *, model: str | None = None,
                  reference: str | None = None) -> tuple[dict, list[Path]]:
     """Read the stored sweep cells (filtered by base model name, provider names and machine
     id prefix), analyze them and write the report to ``folder``: (summary, files written)."""
-    from .bench import fingerprint as fingerprint_mod
+    from .runtime import fingerprint as fingerprint_mod
     from .errors import OnnxscaleError, UsageError
     from .store import ResultStore
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .bench import model_hash, run_bench
-from .bench.providers import short_name
-from .bench.settings import BenchSettings, effective_cuda_graph, effective_io_binding
+from .runtime import model_hash, run_bench
+from .runtime.providers import short_name
+from .runtime.settings import BenchSettings, effective_cuda_graph, effective_io_binding
 from .errors import OnnxscaleError, UsageError
 from .model import LoadedModel, load_model
 from .store import ResultStore, options_key
@@ -110,7 +110,7 @@ class Sweep:
     def __init__(self, store: ResultStore, providers: list[str], batches: list[int],
                  settings: BenchSettings, *, tolerance: float, keep_models: Path | None = None,
                  retry_failed: bool = False, progress: ProgressFn | None = None):
-        from .bench import fingerprint as fingerprint_mod
+        from .runtime import fingerprint as fingerprint_mod
 
         self.store, self.providers, self.batches, self.settings = store, providers, batches, \
             settings

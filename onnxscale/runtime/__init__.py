@@ -1,6 +1,6 @@
 """Runtime measurement on ONNX Runtime execution providers.
 
-    >>> from onnxscale.bench import BenchSettings, run_bench
+    >>> from onnxscale.runtime import BenchSettings, run_bench
     >>> report = run_bench(["model.onnx"], ["CPUExecutionProvider"], [1, 8],
     ...                    BenchSettings(threads=1, runs=50))
     >>> report.rows[0].p50_ms
