@@ -487,6 +487,7 @@ def test_subprocess_bench_json(tiny, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
                          ids=["ctrl-c", "term", "kill-9"])
+@pytest.mark.slow
 def test_interrupt_keeps_finished_rows(tmp_path, sig):
     # enough models that a loaded machine (a parallel suite) cannot finish them all between
     # the poll that sees two rows and the signal

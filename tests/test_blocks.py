@@ -157,6 +157,7 @@ def test_zoo_stage_depths_match_their_specs(name, depths, modes):
     ("regnet_y_400mf", "legacy", [1, 3, 6, 6]),
     ("timm.ghostnet_100", "legacy", [1, 2, 2, 4, 2, 5]),
 ])
+@pytest.mark.slow
 def test_exported_stage_depths(exports, name, exporter, depths):
     found = find_blocks(Graph(onnx.load(exports(name, exporter, res=96))))
     assert [len(stage.blocks) for stage in found.stages] == depths

@@ -69,6 +69,7 @@ def cells(db) -> list[dict]:
     return [json.loads(row[0]) for row in rows]
 
 
+@pytest.mark.slow
 def test_cells_spread_over_nodes_and_cuda_goes_to_the_gpu_node(cluster, tmp_path):
     db = tmp_path / "sweep.db"
     result = run_cli("sweep", "zoo:resnet-18", "--strategy", "w,dWr", "--flops", "1x,2x",
@@ -96,6 +97,7 @@ def test_cells_spread_over_nodes_and_cuda_goes_to_the_gpu_node(cluster, tmp_path
     assert rerun["done"] == 0 and rerun["skipped"] == 6
 
 
+@pytest.mark.slow
 def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_them(
         cluster, tmp_path):
     db = tmp_path / "sweep.db"
@@ -126,6 +128,7 @@ def test_each_machine_measures_every_cell_on_every_kind_and_the_report_compares_
     assert len(report["machines"]) == 1 and "2 machines" in report["machines"][0]
 
 
+@pytest.mark.slow
 def test_ray_without_an_address_starts_its_own_cluster_even_beside_one(cluster, tmp_path):
     """`--ray` alone starts a new local cluster: it never joins one already running here
     (Ray's default for no address), even when $RAY_ADDRESS names it."""
@@ -142,6 +145,7 @@ def test_ray_without_an_address_starts_its_own_cluster_even_beside_one(cluster, 
     assert found[0]["nice"] == 0
 
 
+@pytest.mark.slow
 def test_a_client_connects_with_ray_url(cluster, tmp_path):
     """ray://HOST:PORT: the driver is a Ray client outside the cluster (the head's client
     server); cells are measured on the cluster's nodes and stored here."""
@@ -166,6 +170,7 @@ def ray_nodes(cluster) -> list[dict]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renices through /proc")
+@pytest.mark.slow
 def test_a_node_whose_ray_runs_niced_is_named_in_a_note(tmp_path):
     """Workers inherit their raylet's niceness (RAY_worker_niceness=0 only stops Ray adding
     15 to it): a cell timed niced stores its niceness and the sweep names the node."""
@@ -185,6 +190,7 @@ def test_a_node_whose_ray_runs_niced_is_named_in_a_note(tmp_path):
         made.shutdown()
 
 
+@pytest.mark.slow
 def test_a_node_removed_mid_sweep_loses_and_duplicates_no_cell(tmp_path):
     """A worker is removed once the first cell is stored: its unit (if any) runs again on a
     node that is left; every cell is stored exactly once, none failed."""
@@ -210,6 +216,7 @@ def test_a_node_removed_mid_sweep_loses_and_duplicates_no_cell(tmp_path):
         made.shutdown()
 
 
+@pytest.mark.slow
 def test_a_kind_whose_only_node_dies_gets_its_cells_stored_failed_with_the_reason(tmp_path):
     """--each-machine over a head and one named worker; the worker is removed once a cell is
     stored: its unfinished cells are stored failed (no other node of its kind is left),
@@ -259,6 +266,7 @@ def _count(db) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_driver_killed_with_sigkill_resumes_without_duplicates(tmp_path):
     """--ray with no address starts a local cluster; the driver is killed once a cell is
     stored, and the same command finishes the rest."""
@@ -295,6 +303,7 @@ def test_bad_addresses_are_one_line_errors(tmp_path, args, message):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_accelerator_type_is_a_one_line_error(cluster, tmp_path):
     result = run_cli("sweep", "zoo:resnet-18", "--strategy", "w", "--flops", "2x", "--ray",
                      cluster.address, "--accelerator-type", "H100", "--db",
@@ -363,6 +372,7 @@ def test_a_client_without_grpc_says_how_to_get_it(cluster, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_a_local_sweep_never_imports_ray(tmp_path):
     script = ("import sys; from onnxscale.cli import main\n"
               "try:\n"

@@ -65,6 +65,7 @@ def torch_reference(name: str, res: int = 224) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", CROSS_CHECK)
+@pytest.mark.slow
 def test_flops_and_acts_match_torch(exports, name):
     flops, acts = torch_reference(name)
     report = analyze_file(exports(name, "legacy"))

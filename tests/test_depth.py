@@ -56,12 +56,14 @@ def assert_scaled(proto: onnx.ModelProto, d: float, shapes=None) -> None:
 
 
 @pytest.mark.parametrize("name, exporter", MODELS)
+@pytest.mark.slow
 def test_torchvision_and_timm_models(exports, name, exporter):
     proto = onnx.load(exports(name, exporter, res=96))
     for d in (2.0, 1.5, 0.5):
         assert_scaled(proto, d)
 
 
+@pytest.mark.slow
 def test_paddleocr_detector(paddleocr_models):
     """PP-OCRv4 det: plain PP-LCNetV3 stages get copies with an identity skip."""
     proto = onnx.load(paddleocr_models["det"])
@@ -82,6 +84,7 @@ def test_zoo_depth_matches_pycls_exactly(name):
 
 
 @pytest.mark.parametrize("name, d", [("resnet-50", 1.5), ("regnetz-500mf", 0.5)])
+@pytest.mark.slow
 def test_zoo_depth_other_multipliers_match_pycls(name, d):
     outcome = deepen(zoo.build(name), d)
     reference = analyze(Graph(zoo.build_spec(zoo.spec(name).scaled(d=d))))
@@ -137,6 +140,7 @@ def test_scale_depth_cli_json(tmp_path):
     onnx.checker.check_model(str(out))
 
 
+@pytest.mark.slow
 def test_instanced_block_with_biases_shared_through_identity(tmp_path):
     """torch's legacy exporter dedups equal tensors (untrained BN folds to equal zero biases)
     and shares them through Identity nodes; a re-instantiated single block widens its convs
@@ -167,6 +171,7 @@ def test_instanced_block_with_biases_shared_through_identity(tmp_path):
     ("local.yolo", "legacy", [1, 2, 2, 1, 1]),   # YOLOv8-like C2f bottlenecks
     ("local.yolo", "dynamo", [1, 2, 2, 1, 1]),
 ])
+@pytest.mark.slow
 def test_residual_blocks_nested_in_csp_branches(exports, name, exporter, depths):
     """CSP stages run their bottlenecks on one branch: found off the spine, with timm's own
     stage depths, and repeated in place exactly (copies start as the identity)."""
@@ -185,6 +190,7 @@ def test_residual_blocks_nested_in_csp_branches(exports, name, exporter, depths)
     ("googlenet", "legacy", [1, 2, 1]), ("inception_v3", "legacy", [1, 4, 1]),
     ("shufflenet_v2_x1_0", "legacy", [3, 7, 3]), ("shufflenet_v2_x1_0", "dynamo", [3, 7, 3]),
 ])
+@pytest.mark.slow
 def test_same_shape_modules_repeat_and_say_the_function_changes(exports, name, exporter,
                                                                  depths):
     """Inception modules and ShuffleNet stride-1 units (same shape in and out, no skip) are
@@ -201,6 +207,7 @@ def test_same_shape_modules_repeat_and_say_the_function_changes(exports, name, e
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.slow
 def test_dense_blocks_append_layers_exactly(exports, exporter):
     """DenseNet-121's dense blocks (6-12-24-16 layers): new layers read every earlier
     output and join the block's Concat, whose readers (transition BN + conv, the final BN,
@@ -219,6 +226,7 @@ def test_dense_blocks_append_layers_exactly(exports, exporter):
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.slow
 def test_densenet_at_its_native_size_deepens_exactly_through_the_cli(exports, exporter,
                                                                        tmp_path):
     """The user's path: a DenseNet-121 exported untrained at 224 (every BN scale 1, which the
@@ -236,6 +244,7 @@ def test_densenet_at_its_native_size_deepens_exactly_through_the_cli(exports, ex
 
 @pytest.mark.parametrize("name, exporter", [("local.plain", "legacy"), ("local.plain", "dynamo"),
                                             ("vgg11_bn", "legacy")])
+@pytest.mark.slow
 def test_plain_stacks_deepen_exactly(exports, name, exporter):
     """Plain stacks without skips (an MTCNN-like stack, VGG-11-BN): their periodic blocks and
     single-block stages are repeated with an identity skip and a zeroed branch end, so

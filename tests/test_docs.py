@@ -21,6 +21,7 @@ def test_pages_with_examples_are_found():
     assert DOCS / "api.md" in PAGES_WITH_EXAMPLES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", PAGES_WITH_EXAMPLES, ids=lambda p: p.name)
 def test_doc_examples_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -53,6 +53,7 @@ def test_without_torch_says_what_to_install(tmp_path):
         "error: torchvision:resnet18 needs torch: pip install 'onnxscale[torch]'"
 
 
+@pytest.mark.slow
 def test_export_is_cached_and_taken_wherever_a_model_is(cache, tmp_path):
     import_torchvision()
     out = tmp_path / "r18.onnx"
@@ -77,6 +78,7 @@ def test_export_is_cached_and_taken_wherever_a_model_is(cache, tmp_path):
     assert by_name["inputs"] == {"input": [1, 3, 224, 224]}  # the name alone: 224
 
 
+@pytest.mark.slow
 def test_unknown_model_and_dynamic_batch(cache, tmp_path):
     import_torchvision()
     result = run_cli("export", "torchvision:resnet_nope")

@@ -26,6 +26,7 @@ def bundle(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("size", [1, 4096, 4001, 10_004, 1 << 20])
+@pytest.mark.slow
 def test_split_then_join_gives_the_same_bytes(bundle, tmp_path, size):
     folder = tmp_path / "parts"
     manifest = parts.split(bundle, folder, size)

@@ -98,6 +98,7 @@ def test_a_data_file_shorter_than_its_tensors_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("external_output", [False, True])
+@pytest.mark.slow
 def test_scaling_a_model_with_external_data_streams_its_weights(tmp_path, monkeypatch,
                                                                 external_output):
     """`scale` of an external-data model: weights it copies are read from the input's data

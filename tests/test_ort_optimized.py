@@ -109,6 +109,7 @@ def _optimized(source, target, level) -> None:
 
 @pytest.mark.parametrize("name, exporter", [("resnet18", "legacy"), ("efficientnet_b0", "legacy"),
                                             ("regnet_y_400mf", "dynamo")])
+@pytest.mark.slow
 def test_ort_extended_outputs_analyze_and_scale_like_their_model(exports, tmp_path, name,
                                                                  exporter):
     """ORT_ENABLE_EXTENDED output (FusedConv; QuickGelu for EfficientNet's SiLU; dynamo's

@@ -54,6 +54,7 @@ def test_quantized_counts_equal_float(float_model, form):
 
 
 @pytest.mark.parametrize("form", ["qoperator", "qdq", "dynamic"])
+@pytest.mark.slow
 def test_depth_and_width_of_quantized_models_are_refused_with_the_way_there(float_model, form):
     """Depth and width would need calibrated scales for tensors that do not exist yet: refused
     up front, naming a quantized node and saying how to get there (a strategy too, with
@@ -100,6 +101,7 @@ def test_a_strategy_on_a_quantized_model_scales_resolution_alone(float_model, fo
     assert ort_run(target, {"input": np.zeros(size, np.float32)})[0].shape == (1, 1000)
 
 
+@pytest.mark.slow
 def test_dynamically_quantized_crnn_with_a_dynamic_width(tmp_path):
     """quantize_dynamic of a CRNN exported with a dynamic width (DynamicQuantizeLinear feeding
     ConvInteger and MatMulInteger, its LSTM a com.microsoft DynamicQuantizeLSTM): analyzed

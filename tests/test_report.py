@@ -50,6 +50,7 @@ def test_fit_never_goes_negative():
     assert float(np.sum((x @ coef - y) ** 2)) <= best + 1e-9
 
 
+@pytest.mark.slow
 def test_exponents_of_efficientnet_b0_match_the_paper():
     """acts and params growth with flops, fitted over x2..x16 plans of each strategy, within
     +-0.1 of docs/concepts.md (Strategies) (dWr acts ~ s^0.6, dwr s^0.83, ...)."""

@@ -245,6 +245,7 @@ def test_scale_resolution_cli_json(tmp_path):
     Graph(onnx.load(out), {"input": [2, 3, 336, 336]})
 
 
+@pytest.mark.slow
 def test_input_shape_over_fixed_dims_is_what_the_written_model_declares(tmp_path):
     """zoo:resnet-18 declares 1x3x224x224: scaled at --input-shape 96x96, the file declares
     96x96 (the size its figures are for), the width edit stays exact and --verify runs the

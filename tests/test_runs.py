@@ -75,16 +75,19 @@ def scale_and_run(proto: onnx.ModelProto, shapes: dict[str, list[int]],
 
 
 @pytest.mark.parametrize("name", zoo.names())
+@pytest.mark.slow
 def test_zoo_models_run_after_scaling(name):
     scale_and_run(zoo.build(name), {})
 
 
 @pytest.mark.parametrize("name, exporter, res", EXPORTS)
+@pytest.mark.slow
 def test_exports_run_after_scaling(exports, name, exporter, res):
     scale_and_run(onnx.load(str(exports(name, exporter, res or 224))), {})
 
 
 @pytest.mark.parametrize("which", sorted(PADDLE_SHAPES))
+@pytest.mark.slow
 def test_paddleocr_models_run_after_scaling(paddleocr_models, which):
     # the direction classifier's 8-16 channel layers need finer width steps (README)
     options = ScaleOptions(init="random", divisor=4) if which == "cls" else RANDOM

@@ -41,6 +41,7 @@ def figures(report) -> tuple[int, int, int]:
 
 @pytest.mark.parametrize("model", ["efficientnet-b0", "regnety-400mf", "resnet-50"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.slow
 def test_every_strategy_hits_the_target_or_says_why(planners, model, strategy):
     """6 strategies x {0.5, 2, 4, 16}: within 1.5% of the target, or refused naming numbers;
     a strategy's unnamed dimensions stay at 1 (width never sneaks into a pure d strategy)."""
@@ -64,6 +65,7 @@ def test_every_strategy_hits_the_target_or_says_why(planners, model, strategy):
     assert reached >= (2 if strategy == "d" else 3)
 
 
+@pytest.mark.slow
 def test_refusals_explain_the_limit(planners):
     planner = planners("resnet-50")
     with pytest.raises(Unreachable, match=r"smallest model it makes here has"):
@@ -81,6 +83,7 @@ def test_refusals_explain_the_limit(planners):
 
 
 @pytest.mark.parametrize("model", zoo.names())
+@pytest.mark.slow
 def test_plan_equals_the_written_model(model, tmp_path):
     """Every zoo model, every strategy at 2x: the plan's flops/params/acts (computed on a
     hollow model) equal the analysis of the model written with weights, read back from disk
@@ -107,6 +110,7 @@ def test_plan_equals_the_written_model(model, tmp_path):
 @pytest.mark.parametrize("name,exporter", [("resnet18", "legacy"), ("efficientnet_b0", "dynamo"),
                                            ("timm.regnety_008", "legacy"),
                                            ("mobilenet_v3_small", "dynamo")])
+@pytest.mark.slow
 def test_exports_hit_targets_and_plans_match(exports, name, exporter):
     """Third-party exports: every strategy at 2x and 4x within the tolerance (or refused),
     and the written model's analysis equals its plan."""
@@ -196,6 +200,7 @@ def test_cli_strategy_json(tmp_path):
     assert absolute["multipliers"]["d"] == 1 and absolute["multipliers"]["r"] == 1
 
 
+@pytest.mark.slow
 def test_grid_writes_every_combination(tmp_path):
     folder = tmp_path / "grid"
     results = json.loads(run_cli("scale", "zoo:resnet-18", "--strategy", "w,dWr", "--flops",
@@ -312,6 +317,7 @@ def _two_layer_net() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+@pytest.mark.slow
 def test_wide_groups_close_the_last_gap_with_the_group_width_held(exports, tmp_path):
     """timm's RegNetV-040 (group width 64): w and g moving together jump a whole group per
     stage, so dWr 2x was refused at -3.0% / +2.8%; holding g and moving w alone lands."""

@@ -29,6 +29,7 @@ def cells(db) -> dict[tuple, float]:
             "SELECT strategy, factor, status, measured_at FROM sweep_cells")}
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_rerun_gives_every_cell_once(tmp_path):
     """RegNetY-400MF, 5 strategies x 4 factors on the CPU: killed with SIGKILL while it runs,
     rerun, and the database holds exactly 20 cells; none that had finished is redone."""
@@ -74,6 +75,7 @@ def _safe_cells(db):
         return {}
 
 
+@pytest.mark.slow
 def test_base_once_failed_cells_and_retry(tmp_path):
     db = tmp_path / "s.db"
     first = json.loads(run_cli("sweep", "zoo:resnet-18", "--strategy", "w,d", "--flops",

@@ -85,6 +85,7 @@ def user_path(path, tmp_path, extra: list[str], scale_extra: tuple[str, ...] = (
 
 
 @pytest.mark.parametrize("name, exporter, res, init", FAMILIES)
+@pytest.mark.slow
 def test_every_command_on_an_export_at_its_native_size(exports, tmp_path, name, exporter, res,
                                                        init):
     path = exports(name, exporter, res or 224, init=init)
@@ -97,6 +98,7 @@ def test_every_command_on_an_export_at_its_native_size(exports, tmp_path, name, 
 
 
 @pytest.mark.parametrize("which", sorted(PADDLE_SHAPES))
+@pytest.mark.slow
 def test_every_command_on_the_wheels_paddleocr_models(paddleocr_models, tmp_path, which):
     extra = ["--input-shape", f"x:{PADDLE_SHAPES[which]}"]
     outcomes = user_path(paddleocr_models[which], tmp_path, extra)
@@ -104,6 +106,7 @@ def test_every_command_on_the_wheels_paddleocr_models(paddleocr_models, tmp_path
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv3small", "onet"])
+@pytest.mark.slow
 def test_tf2onnx_exports_deepen_exactly_and_take_every_command(keras_exports, tmp_path, name):
     """NHWC exports from Keras: residual stages (ResNet50), MobileNetV3's single-block stage
     whose convs sit between Transposes and whose stride-2 conv pads explicitly, and a plain
@@ -124,6 +127,7 @@ def test_tf2onnx_exports_deepen_exactly_and_take_every_command(keras_exports, tm
 
 
 @pytest.mark.parametrize("form", ["fp16", "onnxslim"])
+@pytest.mark.slow
 def test_converted_forms_count_like_their_model_and_take_every_command(exports, tmp_path, form):
     """A model converted to fp16 weights (onnxconverter-common, float inputs kept) and one
     simplified by onnxslim: the same pycls figures as the export, --depth 2 exact, and every

@@ -77,15 +77,18 @@ def expose(model: onnx.ModelProto, tensors: list[str] | None) -> onnx.ModelProto
 
 
 @pytest.mark.parametrize("name", LEGACY)
+@pytest.mark.slow
 def test_widen_legacy_exports(exports, name):
     widen_all(name, onnx.load(exports(name, "legacy", RES)))
 
 
 @pytest.mark.parametrize("name", DYNAMO)
+@pytest.mark.slow
 def test_widen_dynamo_exports(exports, name):
     widen_all(name, onnx.load(exports(name, "dynamo", RES)))
 
 
+@pytest.mark.slow
 def test_widen_vgg_flatten_head(tmp_path):
     """torchvision vgg11_bn with its 4096-wide classifier cut to 256 (4096 x 2 would make a
     2 GB model) and a 2x2 adaptive pool: Flatten turns each channel into 4 features."""
@@ -111,6 +114,7 @@ def test_widen_paddleocr_detector(paddleocr_models):
     widen_all("det", base, {"x": [1, 3, 320, 320]}, compare=[logits])
 
 
+@pytest.mark.slow
 def test_dynamic_batch_stays_dynamic(tmp_path):
     """dynamo builds the head's Reshape target as Concat(batch from Shape, 576): only the
     constant holding the channel count changes, so the widened model still takes any batch."""
@@ -229,6 +233,7 @@ def test_random_init_runs_and_says_it_is_not_exact(exports):
 
 
 @pytest.mark.parametrize("w, g, exact", [(1.0, 2.0, True), (2.0, 2.0, True), (1.5, 0.5, False)])
+@pytest.mark.slow
 def test_group_width_multiplier(exports, w, g, exact):
     """ResNeXt's 32 groups of 4 channels: g=2 doubles the group width (16 groups at w=1);
     each new group holds two whole old groups, so copies stay exact; g=0.5 splits them."""
@@ -274,6 +279,7 @@ def _psa_attention_net():
 
 
 @pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.slow
 def test_a_reshape_that_reads_its_channels_off_another_tensor_keeps_both_alike(tmp_path,
                                                                               exporter):
     """With dynamic height/width the attention's ``view(B, C, H, W)`` computes C from the
