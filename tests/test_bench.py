@@ -485,6 +485,12 @@ def test_subprocess_bench_json(tiny, tmp_path):
     assert (tmp_path / "env.db").exists()
 
 
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it: pytest-xdist's workers ignore SIGINT, and an ignored
+    signal stays ignored in the processes they start (so bench would never see it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
                          ids=["ctrl-c", "term", "kill-9"])
 @pytest.mark.slow
@@ -496,7 +502,7 @@ def test_interrupt_keeps_finished_rows(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "onnxscale", "bench", *models, "--seconds",
                              "0.7", "--warmup", "1", "--threads", "1", "--db", str(db), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path))
+                            env=_env(tmp_path), preexec_fn=_default_sigint)
     deadline = time.time() + 60
     done = 0
     while time.time() < deadline and proc.poll() is None:

@@ -213,7 +213,7 @@ def test_dense_blocks_append_layers_exactly(exports, exporter):
     output and join the block's Concat, whose readers (transition BN + conv, the final BN,
     pooling, the dynamo export's fixed Reshape target and the classifier) get zero weights
     for them, so --depth 2 is exact; --depth 0.5 drops layers and their channels and runs."""
-    proto = onnx.load(exports("densenet121", exporter, res=64))
+    proto = onnx.load(exports("densenet121", exporter, res=96))
     found = find_blocks(Graph(proto))
     assert [len(s.blocks) for s in found.stages if s.mode == "dense"] == [6, 12, 24, 16]
     outcome = deepen(proto, 2)

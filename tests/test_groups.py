@@ -275,7 +275,7 @@ def test_unsupported_op_pins_what_it_touches():
                                   "convnext_tiny", "densenet121"])
 def test_real_exports_pin_only_the_input_and_the_logits(exports, name):
     for exporter in ("legacy", "dynamo") if name == "efficientnet_b0" else ("legacy",):
-        groups = find_groups(Graph(onnx.load(exports(name, exporter, 64)))).groups()
+        groups = find_groups(Graph(onnx.load(exports(name, exporter, 96)))).groups()
         pinned = [g.reasons[0] for g in groups if not g.scalable]
         assert len(pinned) == 2, pinned
         assert pinned[0].startswith("graph input") and pinned[1].startswith("feeds graph output")

@@ -24,6 +24,7 @@ from onnxscale.scaling.width.widen import scale_width
 from .conftest import make_torch_model, ort_run, run_cli
 
 RES = 64
+EXPORT_RES = 96  # the suite's one small size for exports (a second size is a second export)
 WIDTHS = (2.0, 1.5, 0.5)
 LEGACY = ["resnet50", "resnext50_32x4d", "efficientnet_b0", "mobilenet_v2", "mobilenet_v3_small",
           "regnet_y_400mf", "densenet121", "squeezenet1_0", "googlenet", "shufflenet_v2_x1_0",
@@ -79,13 +80,13 @@ def expose(model: onnx.ModelProto, tensors: list[str] | None) -> onnx.ModelProto
 @pytest.mark.parametrize("name", LEGACY)
 @pytest.mark.slow
 def test_widen_legacy_exports(exports, name):
-    widen_all(name, onnx.load(exports(name, "legacy", RES)))
+    widen_all(name, onnx.load(exports(name, "legacy", EXPORT_RES)))
 
 
 @pytest.mark.parametrize("name", DYNAMO)
 @pytest.mark.slow
 def test_widen_dynamo_exports(exports, name):
-    widen_all(name, onnx.load(exports(name, "dynamo", RES)))
+    widen_all(name, onnx.load(exports(name, "dynamo", EXPORT_RES)))
 
 
 @pytest.mark.slow
@@ -165,7 +166,7 @@ def test_width_matches_pycls_scaled_efficientnet():
 
 def test_default_output_name_and_input_untouched(exports, tmp_path):
     source = tmp_path / "net.onnx"
-    shutil.copy(exports("squeezenet1_0", "legacy", RES), source)
+    shutil.copy(exports("squeezenet1_0", "legacy", EXPORT_RES), source)
     before = source.read_bytes()
     run_cli("scale", str(source), "--width", "2", check=True)
     assert (tmp_path / "net.w2.onnx").is_file() and source.read_bytes() == before
@@ -221,7 +222,7 @@ def test_width_that_rounds_to_nothing_is_an_error():
 
 
 def test_random_init_runs_and_says_it_is_not_exact(exports):
-    base = onnx.load(exports("mobilenet_v2", "legacy", RES))
+    base = onnx.load(exports("mobilenet_v2", "legacy", EXPORT_RES))
     graph = Graph(base)
     edit = scale_width(base, graph, 2.0, 1.0, ScaleOptions(init="random", seed=3))
     feeds = random_inputs(graph)
@@ -237,7 +238,7 @@ def test_random_init_runs_and_says_it_is_not_exact(exports):
 def test_group_width_multiplier(exports, w, g, exact):
     """ResNeXt's 32 groups of 4 channels: g=2 doubles the group width (16 groups at w=1);
     each new group holds two whole old groups, so copies stay exact; g=0.5 splits them."""
-    base = onnx.load(exports("resnext50_32x4d", "legacy", RES))
+    base = onnx.load(exports("resnext50_32x4d", "legacy", EXPORT_RES))
     graph = Graph(base)
     edit = scale_width(base, graph, w, g, ScaleOptions())
     grouped = [(n.input[0], a.i) for n in edit.model.graph.node if n.op_type == "Conv"
