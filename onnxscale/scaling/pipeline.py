@@ -37,6 +37,7 @@ from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOu
                    format_bytes)
 from .resolution.resize import FlattenedHeadSize, scale_resolution, spatial_axes
 from .resolution.sizes import InputSizes, find_sizes
+from .width.groups import ChannelGroups
 from .width.widen import scale_width
 
 __all__ = ["Multipliers", "ScaleOptions", "ScaleOutcome", "Plan", "Edit", "Planner",
@@ -48,6 +49,7 @@ __all__ = ["Multipliers", "ScaleOptions", "ScaleOutcome", "Plan", "Edit", "Plann
 # estimate exceeds the limit this many times over are refused before planning.
 ESTIMATE_SLACK = 4
 CHECK_IN_MEMORY_BYTES = 2**31 - 2**24  # protobuf's 2 GiB limit, with room to spare
+PLAN_CACHE = 256  # plans a Planner keeps (figures and edit records, no model: small)
 
 
 class Planner:
@@ -60,12 +62,57 @@ class Planner:
         self.input_shapes = input_shapes
         self.cache = _DepthCache()
         self._sizes: dict[int, InputSizes] = {}
+        self._plans: dict[tuple, Plan] = {}
+        self._groups: dict[tuple | None, ChannelGroups] = {}
 
     def plan(self, multipliers: Multipliers, options: ScaleOptions) -> Plan:
         if multipliers.r != 1 and options.input_sizes is None:
             options = dataclasses.replace(options, input_sizes=self.sizes(options))
-        return plan_scale(self.hollow, self.input_shapes, multipliers, options,
+        key = self._realization(multipliers, options)
+        if key in self._plans:  # other multipliers, the same model after rounding
+            return dataclasses.replace(self._plans[key], multipliers=multipliers,
+                                       options=options)
+        plan = plan_scale(self.hollow, self.input_shapes, multipliers, options,
                           (self.graph, self.base), self.cache)
+        if key is not None:
+            if len(self._plans) >= PLAN_CACHE:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+        return plan
+
+    def _realization(self, m: Multipliers, options: ScaleOptions) -> tuple | None:
+        """What a plan is made of once every multiplier is rounded: block counts per stage,
+        every channel group's new width (and grouped convs' groups), the new input dims.
+        Equal keys give equal plans, and a search meets the same rounded model many times
+        (multiples of 8 channels, whole blocks), so a plan is made once per key.  None when
+        a step would refuse (the plan itself then says why)."""
+        from .depth.deepen import depth_key
+        from .resolution.resize import _new_inputs
+        from .width.rules import find_groups
+        from .width.widen import plan_widths
+
+        try:
+            _refuse_estimate(self.base, m, options)  # --depth 1e9: refused before building
+            depth, graph = None, self.graph
+            if m.d != 1:
+                _, _, graph = self.cache.deepen(self.hollow, self.graph, m.d, options)
+                depth = depth_key(self.cache.found, m.d, options.rounding)
+            width = None
+            if m.w != 1 or m.g != 1:
+                if depth not in self._groups:
+                    if len(self._groups) >= 8:
+                        self._groups.pop(next(iter(self._groups)))
+                    self._groups[depth] = find_groups(graph)
+                widths = plan_widths(self._groups[depth], m.w, m.g, options.divisor,
+                                     options.rounding)
+                width = (tuple(sorted(widths.new.items())),
+                         tuple(sorted(widths.new_groups.items())))
+            inputs = _new_inputs(self.graph, m.r, options)
+        except OnnxscaleError:
+            return None
+        return (depth, width, tuple((name, tuple(dims)) for name, dims in inputs.items()),
+                m.d != 1, m.w != 1 or m.g != 1, m.r != 1, options.init, options.seed,
+                options.divisor, options.rounding, options.batch, options.max_bytes)
 
     def sizes(self, options: ScaleOptions) -> InputSizes:
         """The input sizes this model accepts (`sizes.find_sizes`), probed once."""
