@@ -301,6 +301,8 @@ def ort_run(path_or_proto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     data = path_or_proto if isinstance(path_or_proto, (str, Path, bytes)) else \
         path_or_proto.SerializeToString()
-    session = ort.InferenceSession(str(data) if isinstance(data, Path) else data,
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see pipeline
+    session = ort.InferenceSession(str(data) if isinstance(data, Path) else data, options,
                                    providers=["CPUExecutionProvider"])
     return session.run(None, feeds)

@@ -427,6 +427,9 @@ def compare_outputs(base: onnx.ModelProto, scaled: onnx.ModelProto | bytes | str
     for model in (base, scaled):
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # two runs to compare, not a timing: idle threads sleep instead of spinning (spinning
+        # threads take the CPU from whatever else runs, a parallel test suite included)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
         session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         results.append(session.run(None, feeds))
