@@ -153,6 +153,38 @@ def test_parse_provider_options():
     assert P.parse_provider_options(["cpu:arena=0"], [P.CPU]) == ({P.CPU: {"arena": "0"}}, {})
 
 
+def test_tensorrt_options_are_what_onnxruntime_takes(tiny, tmp_path):
+    """TensorRT's switches are True/False (its Python binding refuses 1/0, which CUDA's take);
+    CUDA follows TensorRT in the chain; the engine cache is named after the model's content,
+    input dims and precision (TensorRT names engines after node names, which width-scaled
+    variants share)."""
+    from onnxscale.runtime.session import provider_chain
+
+    settings = BenchSettings(precision="fp16", cuda_graph=True, cache_dir=tmp_path,
+                             provider_options={P.TENSORRT: {"trt_dump_subgraphs_enable": "1",
+                                                            "trt_max_workspace_size": "1"}})
+    prepared = prepare(_proto(tiny), 2, {}, "t")
+    chain, options = provider_chain(P.TENSORRT, prepared, settings, "hash-a")
+    assert [name for name, _ in chain] == [P.TENSORRT, P.CUDA, P.CPU]
+    switches = {k: v for k, v in options.items() if k.endswith("_enable")}
+    assert switches == {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
+                        "trt_fp16_enable": "True", "trt_cuda_graph_enable": "True",
+                        "trt_dump_subgraphs_enable": "True"}
+    assert options["trt_max_workspace_size"] == "1"  # not a switch: as given
+    prefix = options["trt_engine_cache_prefix"]
+    assert provider_chain(P.TENSORRT, prepared, settings, "hash-a")[1][
+        "trt_engine_cache_prefix"] == prefix
+    fp32 = BenchSettings(cache_dir=tmp_path)
+    others = [provider_chain(P.TENSORRT, prepared, settings, "hash-b")[1],
+              provider_chain(P.TENSORRT, prepare(_proto(tiny), 4, {}, "t"), settings,
+                             "hash-a")[1],
+              provider_chain(P.TENSORRT, prepared, fp32, "hash-a")[1]]
+    assert len({prefix, *(o["trt_engine_cache_prefix"] for o in others)}) == 4
+    cuda_chain, cuda = provider_chain(P.CUDA, prepared, settings, "hash-a")
+    assert [name for name, _ in cuda_chain] == [P.CUDA, P.CPU]
+    assert cuda == {"enable_cuda_graph": "1"}  # CUDA's options take 1
+
+
 @pytest.mark.parametrize("spec, message", [
     ("device_id", "expected \\[PROVIDER:\\]KEY=VALUE"),
     ("=1", "is not an option name"),
@@ -574,7 +606,7 @@ def test_gpu_tensorrt_caches(tiny, tmp_path):
     if not row.available:
         pytest.skip(f"TensorRT not usable here: {row.reason}")
     assert row.engine_build_ms is not None
-    assert row.provider_options_effective["trt_fp16_enable"] == "1"
+    assert row.provider_options_effective["trt_fp16_enable"] == "True"
     assert any((tmp_path / "cache" / "tensorrt").iterdir())
 
 

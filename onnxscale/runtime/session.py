@@ -89,33 +89,59 @@ def session_options(settings: BenchSettings):
     return so
 
 
-def provider_chain(provider: str, prepared: PreparedModel, settings: BenchSettings
-                    ) -> tuple[list, dict[str, str]]:
+def provider_chain(provider: str, prepared: PreparedModel, settings: BenchSettings,
+                   model_hash: str = "") -> tuple[list, dict[str, str]]:
+    """The providers a session is given, in order, with their options, and the requested
+    provider's options.  TensorRT is followed by CUDA (what TensorRT cannot run goes to CUDA,
+    as ONNX Runtime registers them) and every provider by CPU."""
     options: dict[str, str] = {}
     if provider == P.TENSORRT:
-        cache = Path(settings.cache_dir or default_cache_dir()) / "tensorrt"
-        cache.mkdir(parents=True, exist_ok=True)
-        options.update({
-            "trt_engine_cache_enable": "1", "trt_engine_cache_path": str(cache),
-            "trt_timing_cache_enable": "1", "trt_timing_cache_path": str(cache),
-        })
-        if settings.precision == "fp16":
-            options["trt_fp16_enable"] = "1"
-        dynamic = [s for s in prepared.specs if is_dynamic(prepared.proto, s.name)]
-        if dynamic and all(re.fullmatch(r"[\w./\-]+", s.name) for s in dynamic):
-            shapes = ",".join(f"{s.name}:{'x'.join(map(str, s.dims))}" for s in dynamic)
-            for key in ("trt_profile_min_shapes", "trt_profile_opt_shapes",
-                        "trt_profile_max_shapes"):
-                options[key] = shapes
-    elif provider == P.TENSORRT_RTX and settings.precision == "fp16":
-        pass  # TensorRT-RTX picks precisions itself
+        options.update(tensorrt_options(prepared, settings, model_hash))
     if effective_cuda_graph(provider, settings):
-        options[P.CUDA_GRAPH_OPTION[provider]] = "1"
+        options[P.CUDA_GRAPH_OPTION[provider]] = "True" if provider == P.TENSORRT else "1"
     options.update(settings.provider_options.get(provider, {}))
+    if provider == P.TENSORRT:
+        options = {key: trt_value(key, value) for key, value in options.items()}
     chain: list = [(provider, options)]
+    if provider == P.TENSORRT:
+        chain.append((P.CUDA, {}))
     if provider != P.CPU:
         chain.append((P.CPU, {}))
     return chain, options
+
+
+def tensorrt_options(prepared: PreparedModel, settings: BenchSettings,
+                     model_hash: str) -> dict[str, str]:
+    """Engine and timing caches, precision and shape profiles.  The engine cache's file names
+    start with a prefix of the model's content, its input dims and the precision: TensorRT
+    names cached engines after node names, which width-scaled variants of one model share."""
+    import hashlib
+
+    cache = Path(settings.cache_dir or default_cache_dir()) / "tensorrt"
+    cache.mkdir(parents=True, exist_ok=True)
+    dims = ";".join(f"{s.name}:{'x'.join(map(str, s.dims))}" for s in prepared.specs)
+    key = hashlib.sha256(f"{model_hash}|{dims}|{settings.precision}".encode()).hexdigest()
+    options = {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+               "trt_engine_cache_prefix": f"onnxscale_{key[:16]}",
+               "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
+    if settings.precision == "fp16":
+        options["trt_fp16_enable"] = "True"
+    dynamic = [s for s in prepared.specs if is_dynamic(prepared.proto, s.name)]
+    if dynamic and all(re.fullmatch(r"[\w./\-]+", s.name) for s in dynamic):
+        shapes = ",".join(f"{s.name}:{'x'.join(map(str, s.dims))}" for s in dynamic)
+        for name in ("trt_profile_min_shapes", "trt_profile_opt_shapes",
+                     "trt_profile_max_shapes"):
+            options[name] = shapes
+    return options
+
+
+def trt_value(key: str, value: str) -> str:
+    """A TensorRT switch as ONNX Runtime's Python binding takes it: ``True`` or ``False``
+    (it refuses ``1`` and ``0``, which CUDA's options take, so ``--provider-option
+    tensorrt:trt_fp16_enable=1`` is written the way it works)."""
+    if key.endswith("_enable") and value.strip().lower() in ("1", "0", "true", "false"):
+        return "True" if value.strip().lower() in ("1", "true") else "False"
+    return value
 
 
 _MAX_IR: list[int] = []  # the highest IR version this onnxruntime accepts, once learned
