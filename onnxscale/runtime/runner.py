@@ -7,12 +7,13 @@ The method:
    graph gets its input dims rewritten (and is rejected with a reason if the graph bakes the batch
    in elsewhere, e.g. a Reshape to ``[1, -1]``).  Other symbolic dims need ``--input-shape``.
 2. **Session.** Full graph optimisation, the requested provider first and CPU behind it (CUDA
-   between TensorRT and CPU, as ONNX Runtime registers them), no onnxruntime fallback.  Session creation is timed on its own, with onnxruntime's own log
-   captured so a provider that failed to load can be reported with the reason.  If the session's
-   providers do not include the requested one, the row is "unavailable", not a CPU timing.
+   between TensorRT and CPU, as ONNX Runtime registers them), no onnxruntime fallback.
+   Session creation is timed on its own, with onnxruntime's own log captured so a provider
+   that failed to load can be reported with the reason.  If the session's providers do not
+   include the requested one, the row is "unavailable", not a CPU timing.
 3. **First run** timed on its own (TensorRT builds its engine here unless its cache hits; cuDNN
-   searches conv algorithms).  TensorRT engines and timing caches live in a cache folder, engines named
-   after the model's content, input dims and precision.
+   searches conv algorithms).  TensorRT engines and timing caches live in a cache folder,
+   engines named after the model's content, input dims and precision.
 4. **Warm-up** until the median of the last few runs is within 5% of the median of the few before
    (or a fixed count with ``--warmup N``), capped in runs and seconds.
 5. **Timing**: each run timed alone with ``perf_counter`` (GC off), for ``--runs N`` runs or
