@@ -362,8 +362,10 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
                              warmup=warmup, runs=runs, seconds=seconds, io_binding=io_binding,
                              cuda_graph=cuda_graph, provider_options=provider_options,
                              input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir)
-    items = [models] if isinstance(models, (str, os.PathLike)) or \
-        type(models).__name__ == "ModelProto" else list(models)
+    import onnx
+
+    items = [models] if isinstance(models, (str, os.PathLike, onnx.ModelProto)) \
+        else list(models)
     loaded = [load(m, lazy=False) for m in items]
     store = ResultStore(db) if db is not None else None
     try:

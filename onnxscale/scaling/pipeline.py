@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,6 @@ class Planner:
         self.cache = _DepthCache()
         self._sizes: dict[int, InputSizes] = {}
         self._plans: dict[tuple, Plan] = {}
-        self._groups: dict[tuple | None, ChannelGroups] = {}
 
     def plan(self, multipliers: Multipliers, options: ScaleOptions) -> Plan:
         if multipliers.r != 1 and options.input_sizes is None:
@@ -88,7 +88,6 @@ class Planner:
         a step would refuse (the plan itself then says why)."""
         from .depth.deepen import depth_key
         from .resolution.resize import _new_inputs
-        from .width.rules import find_groups
         from .width.widen import plan_widths
 
         try:
@@ -99,11 +98,7 @@ class Planner:
                 depth = depth_key(self.cache.found, m.d, options.rounding)
             width = None
             if m.w != 1 or m.g != 1:
-                if depth not in self._groups:
-                    if len(self._groups) >= 8:
-                        self._groups.pop(next(iter(self._groups)))
-                    self._groups[depth] = find_groups(graph)
-                widths = plan_widths(self._groups[depth], m.w, m.g, options.divisor,
+                widths = plan_widths(self.cache.groups(graph), m.w, m.g, options.divisor,
                                      options.rounding)
                 width = (tuple(sorted(widths.new.items())),
                          tuple(sorted(widths.new_groups.items())))
@@ -158,6 +153,17 @@ class _DepthCache:
     def __init__(self):
         self.found = None
         self.models: dict[tuple, tuple[onnx.ModelProto, Edit, Graph]] = {}
+        # channel groups of the base and the deepened graphs: the plan key and the width step
+        # both need them (weak: a graph the depth cache drops takes its groups along)
+        self._groups: weakref.WeakKeyDictionary[Graph, ChannelGroups] = \
+            weakref.WeakKeyDictionary()
+
+    def groups(self, graph: Graph) -> ChannelGroups:
+        from .width.rules import find_groups
+
+        if graph not in self._groups:
+            self._groups[graph] = find_groups(graph)
+        return self._groups[graph]
 
     def deepen(self, proto, graph, d: float, options: ScaleOptions):
         from .depth.blocks import find_blocks
@@ -235,7 +241,8 @@ def _run_steps(proto: onnx.ModelProto, graph: Graph, multipliers: Multipliers,
             current, edit, graph = cache.deepen(current, graph, multipliers.d, options)
             edits.append(edit)
             continue
-        edit = _run_step(kind, current, graph, multipliers, options, owned)
+        found = cache.groups(graph) if kind == "width" and cache is not None else None
+        edit = _run_step(kind, current, graph, multipliers, options, owned, found)
         owned = True
         edits.append(edit)
         current, edit.model = edit.model, None  # the outcome holds the one final model
@@ -258,11 +265,11 @@ def _declares_other_dims(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -
 
 
 def _run_step(kind: str, proto: onnx.ModelProto, graph: Graph, m: Multipliers,
-              options: ScaleOptions, owned: bool) -> Edit:
+              options: ScaleOptions, owned: bool, found: ChannelGroups | None = None) -> Edit:
     if kind == "depth":
         return scale_depth(proto, graph, m.d, options)
     if kind == "width":
-        return scale_width(proto, graph, m.w, m.g, options)
+        return scale_width(proto, graph, m.w, m.g, options, found)
     return scale_resolution(proto, graph, m.r, options, in_place=owned)
 
 

@@ -37,9 +37,10 @@ from .rewrite import Rewrite
 
 
 def scale_width(proto: onnx.ModelProto, graph: Graph, w: float, g: float,
-                options: ScaleOptions) -> Edit:
-    """Widen ``proto`` by ``w`` (group widths of grouped convs by ``g``); see the module doc."""
-    found = find_groups(graph)
+                options: ScaleOptions, found: ChannelGroups | None = None) -> Edit:
+    """Widen ``proto`` by ``w`` (group widths of grouped convs by ``g``); see the module doc.
+    ``found``: ``graph``'s channel groups when the caller has them (a planner does)."""
+    found = found if found is not None else find_groups(graph)
     plan = plan_widths(found, w, g, options.divisor, options.rounding)
     groups = found.groups()
     if all(not plan.scalable(group.root) for group in groups):
