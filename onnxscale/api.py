@@ -342,6 +342,8 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
           cuda_graph: bool = False, provider_options: Sequence[str] = (),
           input_shapes: InputShapes = None, cache_dir: str | os.PathLike | None = None,
           db: str | os.PathLike | None = None, resume: bool = False,
+          check_outputs: bool = True, output_tolerance: float | None = None,
+          ep_libraries: Sequence[str] = (),
           progress: Callable[[int, int, str, str, float | None], None] | None = None
           ) -> list[Row]:
     """Time models on ONNX Runtime execution providers (``onnxscale bench``): one `Row` per
@@ -349,7 +351,9 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
 
     ``providers``: ``"cpu,cuda"`` or a list of short or full names.  ``provider_options``:
     ``"[PROVIDER:]KEY=VALUE"`` strings, as ``--provider-option`` takes them.  Rows are stored
-    in the results database ``db`` when given (``resume``: reuse rows stored there)."""
+    in the results database ``db`` when given (``resume``: reuse rows stored there).
+    ``check_outputs``: compare outputs with the CPU fp32 reference (``Row.output_check``);
+    ``ep_libraries``: plugin EP libraries to register beside the installed packages."""
     from .runtime import parse_providers, run_bench
     from .runtime.settings import make_settings, parse_batches
     from .store import ResultStore
@@ -361,7 +365,9 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
     settings = make_settings(provider_names, threads=threads, precision=precision,
                              warmup=warmup, runs=runs, seconds=seconds, io_binding=io_binding,
                              cuda_graph=cuda_graph, provider_options=provider_options,
-                             input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir)
+                             input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir,
+                             check_outputs=check_outputs, output_tolerance=output_tolerance,
+                             ep_libraries=ep_libraries)
     import onnx
 
     items = [models] if isinstance(models, (str, os.PathLike, onnx.ModelProto)) \
@@ -386,7 +392,8 @@ def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,
           cuda_graph: bool = False, provider_options: Sequence[str] = (),
           input_shapes: InputShapes = None, cache_dir: str | os.PathLike | None = None,
           db: str | os.PathLike | None = None, keep_models: str | os.PathLike | None = None,
-          retry_failed: bool = False, progress=None) -> SweepSummary:
+          retry_failed: bool = False, check_outputs: bool = True,
+          output_tolerance: float | None = None, progress=None) -> SweepSummary:
     """Scale each model with every strategy to every flops factor and time each result on
     every provider (``onnxscale sweep``).  Cells are stored one by one in ``db`` (default: the
     user's results database); a rerun skips the cells already there."""
@@ -400,7 +407,8 @@ def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,
     settings = make_settings(provider_names, threads=threads, precision=precision,
                              warmup=warmup, runs=runs, seconds=seconds, io_binding=io_binding,
                              cuda_graph=cuda_graph, provider_options=provider_options,
-                             input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir)
+                             input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir,
+                             check_outputs=check_outputs, output_tolerance=output_tolerance)
     try:
         tol = parse_tolerance(tolerance)
     except ValueError as exc:

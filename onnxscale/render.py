@@ -295,9 +295,10 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
     if console.width >= 96:
         columns.append(("p90 ms", lambda r: fmt_ms(r.p90_ms)))
     if wide:
-        columns.append(("p99 ms", lambda r: fmt_ms(r.p99_ms)))
+        columns += [("p95 ms", lambda r: fmt_ms(r.p95_ms)), ("max ms", lambda r: fmt_ms(r.max_ms))]
     columns += [("CV", lambda r: f"{r.cv * 100:.1f}%"),
-                ("items/s", lambda r: f"{r.throughput:.1f}"), ("runs", lambda r: str(r.runs))]
+                ("items/s", lambda r: f"{r.throughput:.1f}"), ("runs", lambda r: str(r.runs)),
+                ("nodes", _nodes_cell), ("outputs", _outputs_cell)]
     if wide:
         columns += [("create ms", lambda r: fmt_ms(r.session_create_ms)),
                     ("first ms", lambda r: fmt_ms(r.first_run_ms)),
@@ -310,10 +311,15 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
     for row in rows:
         model = names[row.model]
         if row.available:
-            table.add_row(model, row.provider, *[fmt(row) for _, fmt in columns])
+            table.add_row(model, _provider_cell(row), *[fmt(row) for _, fmt in columns])
+            if row.placement and row.placement.get("partial"):
+                from .runtime.placement import describe
+
+                key = (row.provider, "partial", describe(row.placement, row.provider_name))
+                problems.setdefault(key, []).append(f"{model} b{row.batch}")
         else:
             status = "n/a" if row.status == "unavailable" else row.status
-            table.add_row(model, row.provider, str(row.batch), f"[yellow]{status}[/]",
+            table.add_row(model, _provider_cell(row), str(row.batch), f"[yellow]{status}[/]",
                           *[""] * (len(columns) - 2))
             key = (row.provider, row.status, row.reason or "")
             problems.setdefault(key, []).append(f"{model} b{row.batch}")
@@ -329,6 +335,44 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
                   f"machine {fingerprint.get('id')}"
                   + (f" · saved to {db_path}" if db_path else "") + "[/]", highlight=False,
                   soft_wrap=True)
+
+
+def _provider_cell(row: Row) -> str:
+    """The provider, and where it ran when not in this process (an environment, a plugin)."""
+    if not row.environment:
+        return row.provider
+    return f"{row.provider} (plugin)" if row.environment.startswith("plugin:") else \
+        f"{row.provider} (env)"
+
+
+def _nodes_cell(row: Row) -> str:
+    """How many of the session's nodes ran on the requested provider."""
+    placement = row.placement
+    if not placement:
+        return "?"
+    if not placement.get("partial"):
+        return "all"
+    return f"[yellow]{placement['on_provider']}/{placement['total']}[/]"
+
+
+def _outputs_cell(row: Row) -> str:
+    from .runtime.agreement import describe
+
+    text = describe(row.output_check)
+    return text if not row.output_check or row.output_check["ok"] else f"[red]{text}[/]"
+
+
+def print_providers(entries: list[dict], console: Console | None = None) -> None:
+    """``onnxscale providers``: one line per provider and where it lives."""
+    console = console or Console()
+    table = Table(title="execution providers", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("provider", "where", "version", "usable", "detail"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("provider", "usable"))
+    for entry in entries:
+        usable = "[green]yes[/]" if entry["usable"] else "[yellow]no[/]"
+        table.add_row(entry["provider"], entry["where"], entry["version"] or "-", usable,
+                      entry["detail"])
+    console.print(table)
 
 
 def settings_text(entry: dict) -> str:

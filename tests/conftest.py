@@ -15,6 +15,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("ONNXSCALE_TEST_CACHE", Path.home() / ".cache" / "onnxscale-tests"))
+# onnxscale's own cache (TensorRT engines, provider environments, exports by name) is the
+# suite's, never the user's: a user's `providers add` must not change what a test sees.
+os.environ["ONNXSCALE_CACHE_DIR"] = str(CACHE / "onnxscale-cache")
 
 
 def import_torchvision():

@@ -4,7 +4,8 @@ Every command prints a rich table by default and one JSON object on stdout with 
 User errors (`OnnxscaleError`) become ``error: <one line>`` on stderr and a non-zero exit code;
 unexpected exceptions become ``internal error: ...`` and show a traceback only with ``--debug``.
 One module per command family: `analyze` (analyze, blocks, groups), `scale`, `bench` (bench,
-results), `sweep` (sweep, report), `zoo`, `export`; `common` holds the shared options.
+results), `sweep` (sweep, report), `zoo`, `export`,
+`providers` (providers, add, remove); `common` holds the shared options.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import click
 
 from ..errors import OnnxscaleError
 from ..version import __version__
-from . import analyze, bench, export, scale, sweep, zoo
+from . import analyze, bench, export, providers, scale, sweep, zoo
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -59,5 +60,6 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 for command in (analyze.analyze, bench.bench, bench.results, scale.scale, sweep.sweep,
-                sweep.report, zoo.zoo, analyze.blocks, analyze.groups, export.export):
+                sweep.report, zoo.zoo, analyze.blocks, analyze.groups, export.export,
+                providers.providers):
     main.add_command(command)

@@ -81,9 +81,18 @@ def timing_options(default_batch: str | None, batch_help: str):
                           "--io-binding)."),
         click.option("--provider-option", "provider_options", multiple=True,
                      metavar="[PROVIDER:]KEY=VALUE",
-                     help="Provider option (repeatable); a bare KEY=VALUE goes to every "
+                     help="Provider option (repeatable); a bare KEY=VALUE goes to the one "
                           "non-CPU provider, a dotted key (session.intra_op.allow_spinning=0) "
                           "to the session."),
+        click.option("--check-outputs/--no-check-outputs", default=True, show_default=True,
+                     help="Compare each configuration's outputs with the CPU fp32 reference "
+                          "on the same inputs (untimed)."),
+        click.option("--output-tolerance", default=None, metavar="REL_L2",
+                     help="Largest relative L2 error that agrees (default 1e-4 fp32, 1e-2 "
+                          "fp16)."),
+        click.option("--ep-library", "ep_libraries", multiple=True, metavar="PATH",
+                     help="Register a plugin execution provider library (repeatable); "
+                          "installed onnxruntime-ep-* packages are found by themselves."),
         input_shape_option,
         click.option("--cache-dir", default=None, metavar="DIR",
                      help="TensorRT engine and timing caches (default: ~/.cache/onnxscale).")))
@@ -99,7 +108,9 @@ def settings_from(providers: list[str], values: dict, debug: bool):
                          cuda_graph=values["cuda_graph"],
                          provider_options=values["provider_options"],
                          input_shapes=values["input_shapes"], cache_dir=values["cache_dir"],
-                         debug=debug)
+                         check_outputs=values["check_outputs"],
+                         output_tolerance=values["output_tolerance"],
+                         ep_libraries=values["ep_libraries"], debug=debug)
 
 
 def positive_multiplier(ctx, param, value):

@@ -10,7 +10,9 @@
 back to back, so their ratio is least affected by drift) and saves each row to the results store
 as soon as it is measured.  See `runner` for the timing method (its steps in `settings`, `inputs`,
 `session` and `timing`), `row` for what a measurement records, `providers` for names, options
-and availability, `fingerprint` for the machine record.
+and availability, `fingerprint` for the machine record.  `dispatch` sends each configuration
+where its provider lives (`locate`: this process, a `plugins` EP, or an isolated
+`environments` worker) and checks the row (`placement`, `agreement`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .inputs import PreparedModel, prepare
 from .providers import (CPU, availability, parse_provider_options, parse_providers,
                         resolve_provider, short_name)
 from .row import Row
-from .runner import measure
+from .dispatch import Dispatcher
 from .settings import BenchSettings, key_options
 
 __all__ = [
@@ -91,7 +93,18 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
             for provider in providers:
                 plan.append((model, digest, prepared, provider))
     report.planned = len(plan)
+    dispatcher = Dispatcher(settings)
+    try:
+        _measure_plan(plan, dispatcher, report, fp, store, resume, progress, on_row)
+    finally:
+        dispatcher.close()
+    return report
 
+
+def _measure_plan(plan, dispatcher: Dispatcher, report: BenchReport, fp: dict, store,
+                  resume: bool, progress: ProgressFn | None,
+                  on_row: Callable[[Row], None] | None) -> None:
+    settings = dispatcher.settings
     for index, (model, digest, prepared, provider) in enumerate(plan):
         desc = f"{model.source} · {short_name(provider)} · batch {prepared.batch}"
         if progress is not None:
@@ -107,8 +120,7 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
                 if progress is not None:
                     progress(_i, len(plan), _d, name, fraction)
 
-            row = measure(prepared, provider, settings, model=model.source, model_hash=digest,
-                          progress=phase)
+            row = dispatcher.measure(model, digest, prepared, provider, progress=phase)
             row.fingerprint = fp["id"]
             row.measured_at = time.time()
             if store is not None:
@@ -118,4 +130,3 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
             on_row(row)
         if progress is not None:
             progress(index + 1, len(plan), desc, "done", None)
-    return report

@@ -2,7 +2,8 @@
 
 Users name providers by short names (``cpu``, ``cuda``, ``tensorrt``) or by ONNX Runtime's full
 names (``CUDAExecutionProvider``).  ``--provider-option`` values are ``[PROVIDER:]KEY=VALUE``:
-a prefixed option goes to that provider, a bare one to every requested non-CPU provider, and a
+a prefixed option goes to that provider, a bare one to the one requested non-CPU provider
+(refused when there are several: onnxruntime refuses keys a provider does not know), and a
 key with a dot (``session.intra_op.allow_spinning=0``) is a session configuration entry.
 
 Availability has two layers.  A provider missing from ``get_available_providers()`` is not in
@@ -24,6 +25,7 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 TENSORRT_RTX = "NvTensorRTRTXExecutionProvider"
 DML = "DmlExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
 
 # Short name -> ONNX Runtime name.  The first short name of each provider is its display name.
 SHORT_NAMES: dict[str, str] = {
@@ -82,17 +84,28 @@ CUDA_GRAPH_OPTION: dict[str, str] = {
     TENSORRT_RTX: "enable_cuda_graph",
 }
 
-# What to install when a provider is not in the onnxruntime build at hand.
+# What to do when a provider is in neither this build, a plugin nor an environment.  Never
+# "pip install onnxruntime-X" into the main environment: every flavour is the import package
+# `onnxruntime` and replaces the one onnxscale runs on.  Flavours that can live beside it are
+# offered by `locate` as `onnxscale providers add NAME`.
 _INSTALL_HINTS: dict[str, str] = {
-    CUDA: "install onnxruntime-gpu",
-    TENSORRT: "install onnxruntime-gpu and TensorRT",
-    "OpenVINOExecutionProvider": "install onnxruntime-openvino",
-    DML: "install onnxruntime-directml (Windows)",
-    "CoreMLExecutionProvider": "use the macOS onnxruntime wheel",
-    "QNNExecutionProvider": "install onnxruntime-qnn",
-    "ROCMExecutionProvider": "install onnxruntime-rocm",
-    "MIGraphXExecutionProvider": "install onnxruntime-migraphx",
+    CUDA: "it needs onnxruntime-gpu (onnxscale's default on Linux and Windows x86-64) with CUDA "
+          "12/13 and cuDNN 9, e.g. pip install 'onnxruntime-gpu[cuda,cudnn]'",
+    TENSORRT: "it needs onnxruntime-gpu and TensorRT 10 (pip install tensorrt-cu12 or "
+              "tensorrt-cu13) on an NVIDIA GPU",
+    TENSORRT_RTX: "it is a plugin: pip install onnxruntime-ep-nv-tensorrt-rtx beside onnxscale",
+    "CoreMLExecutionProvider": "it comes with onnxruntime on macOS",
+    "ROCMExecutionProvider": "ROCm's provider is gone from onnxruntime (1.31 has none); "
+                             "AMD GPUs run on MIGraphX: `onnxscale providers add migraphx`",
+    "WebGpuExecutionProvider": "it is a plugin: pip install onnxruntime-ep-webgpu beside "
+                               "onnxscale",
 }
+
+
+def install_hint(provider: str) -> str | None:
+    """How to get ``provider`` without breaking the install (None when we know no way)."""
+    return _INSTALL_HINTS.get(provider)
+
 
 _FULL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*ExecutionProvider$")
 
@@ -156,7 +169,7 @@ def parse_provider_options(specs: tuple[str, ...] | list[str], providers: list[s
     """Parse ``--provider-option [PROVIDER:]KEY=VALUE`` values.
 
     Returns ``({provider: {key: value}}, {session config key: value})``.  A bare key goes to
-    every requested provider except CPU; a key containing a dot is a session configuration
+    the one requested provider other than CPU; a key containing a dot is a session configuration
     entry (``session.intra_op.allow_spinning``).  Values stay strings, as onnxruntime wants.
     """
     per_provider: dict[str, dict[str, str]] = {p: {} for p in providers}
@@ -189,11 +202,16 @@ def parse_provider_options(specs: tuple[str, ...] | list[str], providers: list[s
             per_provider[target][key] = value
             continue
         targets = [p for p in providers if p != CPU]
-        if not targets:
-            raise UsageError(f"--provider-option '{spec}': a bare KEY=VALUE applies to non-CPU "
-                             f"providers and none was requested; write cpu:{key}={value}")
-        for provider in targets:
-            per_provider[provider][key] = value
+        if len(targets) != 1:
+            # onnxruntime refuses a key its provider does not know, so a bare option cannot
+            # go to several providers; and CPU takes almost none.
+            which = "no non-CPU provider was" if not targets else \
+                f"{', '.join(map(short_name, targets))} were"
+            example = short_name(targets[0]) if targets else "cpu"
+            raise UsageError(f"--provider-option '{spec}': a bare KEY=VALUE needs exactly one "
+                             f"non-CPU provider and {which} requested; write "
+                             f"{example}:{key}={value}")
+        per_provider[targets[0]][key] = value
     return {p: o for p, o in per_provider.items() if o}, session
 
 
@@ -209,10 +227,8 @@ def availability(provider: str) -> str | None:
     available = ort.get_available_providers()
     if provider in available:
         return None
-    hint = _INSTALL_HINTS.get(provider)
-    build = f"this onnxruntime {ort.__version__} build"
     listed = ", ".join(short_name(p) for p in available)
-    return (f"not in {build} (it has {listed})" + (f"; {hint}" if hint else ""))
+    return f"not in this onnxruntime {ort.__version__} build (it has {listed})"
 
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # timing statistics, in milliseconds (throughput: items per second)
-METRICS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
+METRICS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
            "throughput", "runs")
 
 
@@ -34,6 +34,7 @@ class Row:
     reason: str | None = None
     p50_ms: float | None = None
     p90_ms: float | None = None
+    p95_ms: float | None = None
     p99_ms: float | None = None
     mean_ms: float | None = None
     std_ms: float | None = None
@@ -59,7 +60,11 @@ class Row:
     options: dict[str, Any] = field(default_factory=dict)  # what identifies the configuration
     notes: list[str] = field(default_factory=list)
     ort_version: str | None = None
-    provider_options_effective: dict[str, str] | None = None
+    provider_options_effective: dict[str, str] | None = None  # as the session applied them
+    environment: str | None = None    # where it ran: None (this process), an environment's
+                                      # name, or plugin:PACKAGE
+    placement: dict | None = None     # nodes per provider (`placement.summarize`)
+    output_check: dict | None = None  # agreement with the CPU fp32 reference (`agreement`)
     fingerprint: str | None = None    # the machine's fingerprint id
     measured_at: float | None = None  # seconds since the epoch
     cached: bool = False              # taken from the store (bench --resume), not measured now

@@ -11,8 +11,10 @@ The method:
    Session creation is timed on its own, with onnxruntime's own log captured so a provider
    that failed to load can be reported with the reason.  If the session's providers do not
    include the requested one, the row is "unavailable", not a CPU timing.
-3. **First run** timed on its own (TensorRT builds its engine here unless its cache hits; cuDNN
-   searches conv algorithms).  TensorRT engines and timing caches live in a cache folder,
+3. **First run** timed on its own (cuDNN searches conv algorithms; TensorRT builds its engine
+   here or, when every shape is known, while the session is created: ``engine_build_ms`` is
+   both together).  Where every node ran is read from the session (`placement`) and the first
+   run's outputs are kept for the agreement check (`agreement`).  TensorRT engines and timing caches live in a cache folder,
    engines named after the model's content, input dims and precision.
 4. **Warm-up** until the median of the last few runs is within 5% of the median of the few before
    (or a fixed count with ``--warmup N``), capped in runs and seconds.
@@ -33,6 +35,9 @@ import re
 import time
 from typing import Callable
 
+import numpy as np
+
+from . import placement
 from . import providers as P
 from .inputs import PreparedModel, random_inputs, static_output_shapes
 from .row import Row
@@ -47,8 +52,13 @@ _PROVIDER_ERROR_RE = re.compile(r"ExecutionProvider|EP Error|EPFail|CUDA|cuda|cu
 
 
 def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, model: str,
-            model_hash: str, progress: Callable[[str, float | None], None] | None = None) -> Row:
-    """Measure one configuration; always returns a row (see module doc)."""
+            model_hash: str, progress: Callable[[str, float | None], None] | None = None,
+            plugin=None, outputs: list | None = None) -> Row:
+    """Measure one configuration; always returns a row (see module doc).
+
+    ``plugin``: a `plugins.Plugin` offering ``provider`` (its devices are given to the
+    session).  ``outputs``: a list the first run's outputs are appended to (host arrays),
+    for the agreement check."""
     import onnxruntime as ort
 
     options = key_options(provider, prepared, settings)
@@ -65,7 +75,7 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
         if progress is not None:
             progress(phase, fraction)
 
-    reason = P.availability(provider)
+    reason = None if plugin is not None else P.availability(provider)
     if reason:
         row.reason = reason
         return row
@@ -81,6 +91,11 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
         row.status = "failed"
         return row
     row.provider_options_effective = effective
+    if plugin is not None:
+        from .plugins import add_to_session
+
+        add_to_session(so, provider, effective)
+        chain = None
 
     report("creating session")
     payload = prepared.payload(fp16)  # serialize before the memory peak is reset
@@ -110,6 +125,10 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
     if provider not in used:
         row.reason = P.fallback_reason(provider, used, log, settings.capture_log)
         return row
+    applied = session.get_provider_options().get(provider)
+    if applied:  # what the session applied, defaults included (OpenVINO reports nothing)
+        row.provider_options_effective = dict(applied)
+    row.placement = placement.summarize(session, provider)
 
     device = P.DEVICE_MEMORY.get(provider)
     device_id = int(settings.provider_options.get(provider, {}).get("device_id", 0) or 0)
@@ -129,7 +148,7 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
                else "first run")
         with capture_native_output(settings.capture_log) as first_log:
             t0 = time.perf_counter()
-            out_shapes = runner.first_run()
+            first_outputs = runner.first_run()
             first_s = time.perf_counter() - t0
     except Exception as exc:
         message = ort_message(exc)
@@ -148,7 +167,13 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
     del first_log
     row.first_run_ms = first_s * 1000.0
     if provider in (P.TENSORRT, P.TENSORRT_RTX):
-        row.engine_build_ms = first_s * 1000.0
+        # TensorRT builds while the session is created when every shape is known (static
+        # inputs or explicit profiles), else at the first run: the build is in one or the other.
+        row.engine_build_ms = (create_s + first_s) * 1000.0
+    out_shapes = [tuple(np.shape(o)) for o in first_outputs]
+    if outputs is not None:
+        outputs.extend(first_outputs)
+    del first_outputs
     names = runner.output_names
     for name in prepared.batch_outputs:
         shape = out_shapes[names.index(name)] if name in names else None

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from ..paths import default_cache_dir
+from . import placement
 from . import providers as P
 from .inputs import ORT_TYPES, PreparedModel, is_dynamic
 from .settings import BenchSettings, effective_cuda_graph
@@ -84,6 +85,7 @@ def session_options(settings: BenchSettings):
         so.intra_op_num_threads = settings.threads
         so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    so.add_session_config_entry(placement.CONFIG_KEY, "1")  # where nodes ran (ORT >= 1.24)
     for key, value in settings.session_config.items():
         so.add_session_config_entry(key, value)
     return so
@@ -97,6 +99,9 @@ def provider_chain(provider: str, prepared: PreparedModel, settings: BenchSettin
     options: dict[str, str] = {}
     if provider == P.TENSORRT:
         options.update(tensorrt_options(prepared, settings, model_hash))
+    if provider == P.OPENVINO and settings.threads:
+        # OpenVINO runs its own thread pool: intra_op_num_threads does not reach it
+        options["num_of_threads"] = str(settings.threads)
     if effective_cuda_graph(provider, settings):
         options[P.CUDA_GRAPH_OPTION[provider]] = "True" if provider == P.TENSORRT else "1"
     options.update(settings.provider_options.get(provider, {}))
@@ -147,10 +152,24 @@ def trt_value(key: str, value: str) -> str:
 _MAX_IR: list[int] = []  # the highest IR version this onnxruntime accepts, once learned
 
 
+def no_fallback(version: str) -> dict:
+    """The keyword that stops onnxruntime from quietly re-creating a failed session on CPU.
+
+    ``enable_fallback=0`` exists from 1.23; older releases ignore it, so there the fallback can
+    happen and `runner.measure` finds it from ``get_providers()`` instead."""
+    parts = [int(p) for p in re.findall(r"\d+", version)[:2]] + [0, 0]
+    return {"enable_fallback": 0} if tuple(parts[:2]) >= (1, 23) else {}
+
+
 def create_session(payload, so, chain, capture: bool):
     """(session, seconds, captured log); retries once with a lower IR version if this
-    onnxruntime is older than the exporter.  Errors carry the captured log as ``ort_log``."""
+    onnxruntime is older than the exporter.  Errors carry the captured log as ``ort_log``.
+    ``chain`` None: the providers are already in ``so`` (plugin devices)."""
     import onnxruntime as ort
+
+    kwargs = no_fallback(ort.__version__)
+    if chain is not None:
+        kwargs["providers"] = chain
 
     if _MAX_IR and isinstance(payload, bytes):
         payload = _with_ir(payload, _MAX_IR[0])
@@ -160,7 +179,7 @@ def create_session(payload, so, chain, capture: bool):
         with capture_native_output(capture) as log:
             t0 = time.perf_counter()
             try:
-                session = ort.InferenceSession(payload, so, providers=chain, enable_fallback=0)
+                session = ort.InferenceSession(payload, so, **kwargs)
             except Exception as exc:
                 error = exc
             created = time.perf_counter() - t0
@@ -230,20 +249,20 @@ class Runner:
             self._keep.append(value)
         self._fixed_outputs = True
 
-    def first_run(self) -> list[tuple[int, ...]]:
-        """Run once; return the output shapes.  With IO binding, outputs that onnxruntime
-        allocated are then replaced by pre-allocated buffers, so later runs allocate nothing and
-        a captured CUDA graph always writes to the same addresses."""
+    def first_run(self) -> list[np.ndarray]:
+        """Run once; return the outputs (on the host).  With IO binding, outputs that
+        onnxruntime allocated are then replaced by pre-allocated buffers, so later runs allocate
+        nothing; with CUDA graphs they are bound before this run (`static_output_shapes`), so
+        the graph captured now writes to the addresses every later replay reads."""
         if not self.io_binding:
-            outputs = self.session.run(self.output_names, self.feeds)
-            return [tuple(np.shape(o)) for o in outputs]
+            return [np.asarray(o) for o in self.session.run(self.output_names, self.feeds)]
         self.call()
         values = self.binding.get_outputs()
-        shapes = [tuple(v.shape()) for v in values]
+        arrays = [v.numpy() for v in values]
         if not self._fixed_outputs:
             dtypes = [ORT_TYPES.get(v.data_type(), np.float32) for v in values]
-            self._bind_fixed_outputs([list(s) for s in shapes], dtypes)
-        return shapes
+            self._bind_fixed_outputs([list(a.shape) for a in arrays], dtypes)
+        return arrays
 
 
 _PRELOADED: list[bool] = []

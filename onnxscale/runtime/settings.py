@@ -52,6 +52,8 @@ class BenchSettings:
     capture_log: bool = True              # swallow onnxruntime's native log (reasons parsed)
     warmup_max_seconds: float = WARMUP_MAX_SECONDS
     min_runs: int = MIN_RUNS
+    check_outputs: bool = True            # compare outputs with the CPU fp32 reference
+    output_tolerance: float | None = None  # relative L2; None = agreement.TOLERANCE
 
 
 def effective_io_binding(provider: str, settings: BenchSettings) -> bool:
@@ -117,7 +119,8 @@ def parse_batches(spec: str | int | list[int] | None) -> list[int | None]:
 def make_settings(providers: list[str], *, threads=None, precision: str = "fp32",
                   warmup="auto", runs=None, seconds=None, io_binding: bool | None = None,
                   cuda_graph: bool = False, provider_options=(), input_shapes=(),
-                  cache_dir=None, debug: bool = False) -> BenchSettings:
+                  cache_dir=None, check_outputs: bool = True, output_tolerance=None,
+                  ep_libraries=(), debug: bool = False) -> BenchSettings:
     """`BenchSettings` from the values ``bench`` and ``sweep`` take on the command line (and
     the API passes on): every value checked, a bad one refused in one line."""
     from ..model import parse_input_shapes
@@ -137,6 +140,22 @@ def make_settings(providers: list[str], *, threads=None, precision: str = "fp32"
             raise UsageError(f"--seconds '{seconds}': must be a positive number")
     warm = None if warmup is None or str(warmup).strip().lower() == "auto" else positive_int(
         warmup, "--warmup", allow_zero=True)
+    tolerance = None
+    if output_tolerance is not None:
+        try:
+            tolerance = float(output_tolerance)
+        except ValueError:
+            raise UsageError(f"--output-tolerance '{output_tolerance}': expected a number like "
+                             f"1e-3") from None
+        if not 0 <= tolerance < float("inf"):
+            raise UsageError(f"--output-tolerance '{output_tolerance}': must be >= 0")
+    if ep_libraries:
+        from . import plugins
+
+        for library in ep_libraries:
+            if not Path(library).expanduser().is_file():
+                raise UsageError(f"--ep-library {library}: no such file")
+            plugins.add_library(library)
     per_provider, session_config = parse_provider_options(tuple(provider_options or ()),
                                                           providers)
     return BenchSettings(
@@ -145,4 +164,5 @@ def make_settings(providers: list[str], *, threads=None, precision: str = "fp32"
         cuda_graph=cuda_graph, provider_options=per_provider, session_config=session_config,
         input_shapes=input_shapes if isinstance(input_shapes, dict)
         else parse_input_shapes(tuple(input_shapes or ())),
-        cache_dir=Path(cache_dir) if cache_dir else None, capture_log=not debug)
+        cache_dir=Path(cache_dir) if cache_dir else None, capture_log=not debug,
+        check_outputs=check_outputs, output_tolerance=tolerance)
