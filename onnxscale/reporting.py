@@ -14,8 +14,8 @@ flops factors (factor 1, the base model, belongs to every curve).  Per panel:
 
 Per base model and strategy, ``exponents``: the growth of acts and params with flops
 (log-log slopes; the paper: dWr acts ~ s^0.6, dwr s^0.83).  `write_report` renders it all:
-matplotlib plots (PNG and SVG), ``summary.json``, ``summary.md`` and one self-contained
-``index.html``.
+matplotlib plots (PNG and SVG), ``summary.json``, ``rows.csv``, ``summary.md`` and one
+self-contained ``index.html``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
     for cell in cells:
         if not cell.get("flops"):
             continue
+        bench = cell.get("bench") or {}
+        check = bench.get("output_check") or {}
+        placement = bench.get("placement") or {}
         rows.append({
             "model": cell["base"], "strategy": cell["strategy"], "alpha": cell.get("alpha"),
             "flops_factor": cell["factor"], "provider": short_name(cell["provider"]),
@@ -52,8 +55,24 @@ def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
             "flops": cell["flops"], "params": cell["params"], "acts": cell["acts"],
             "p50_ms": cell.get("p50_ms") if cell.get("status") == "ok" else None,
             "status": cell["status"], "multipliers": cell.get("multipliers"),
-            "inputs": cell.get("inputs")})
+            "inputs": cell.get("inputs"), "p95_ms": bench.get("p95_ms"), "cv": bench.get("cv"),
+            "environment": bench.get("environment"),
+            "nodes_partial": placement.get("partial"), "outputs_ok": check.get("ok"),
+            "outputs_rel_l2": check.get("rel_l2")})
     return rows
+
+
+def write_rows_csv(rows: list[dict], path: Path) -> None:
+    """The report's rows as CSV (lists and dicts as JSON), for a spreadsheet or pandas."""
+    import csv
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else
+                             ("" if v is None else v) for k, v in row.items()})
 
 
 def panels(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -371,6 +390,9 @@ def write_report(summary: dict, folder: Path) -> list[Path]:
         plt.close(figure)
     json_path = folder / "summary.json"
     json_path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    csv_path = folder / "rows.csv"
+    write_rows_csv(summary["rows"], csv_path)
+    written.append(csv_path)
     md_path = folder / "summary.md"
     md_path.write_text(_markdown(summary))
     html_path = folder / "index.html"

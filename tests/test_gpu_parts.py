@@ -75,3 +75,43 @@ def test_check_sh_waits_for_missing_parts(bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "3 of 4 present" in result.stdout and "missing: part-03" in result.stdout
     assert "carry the missing ones" in result.stdout
+
+
+@pytest.mark.slow
+def test_check_sh_dry_run_is_one_bounded_pass_packed_into_one_file(tmp_path):
+    """The whole pass on this CPU machine: an xz bundle joined and verified, every check run
+    (the CUDA ones saying why they cannot), all inside the budget, and $OUT holding one archive
+    and the summary (a device call returns at most 8 files)."""
+    import tarfile
+    import time
+
+    wheels = tmp_path / "stage" / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"not really a wheel")
+    subprocess.run("sha256sum ./*.whl > SHA256SUMS", shell=True, cwd=wheels, check=True)
+    archive = tmp_path / "bundle.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(wheels, arcname="wheels")
+    folder = tmp_path / "parts"
+    parts.split(archive, folder, 200)
+    out = tmp_path / "out"
+    budget = 150
+    env = {**os.environ, "GPU_PARTS": str(folder), "OUT": str(out), "PYTHON": sys.executable,
+           "CHECK_BUDGET": str(budget), "ORT_PREFIX": str(tmp_path / "prefix")}
+    t0 = time.time()
+    result = subprocess.run(["bash", str(REPO / "scripts" / "gpu" / "check.sh"), "--dry-run"],
+                            capture_output=True, text=True, env=env, timeout=budget + 60)
+    took = time.time() - t0
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert took < budget + 10, f"the pass took {took:.0f} s with a {budget} s budget"
+    assert sorted(p.name for p in out.iterdir()) == ["gpu-check.tar.xz", "summary.txt"]
+    with tarfile.open(out / "gpu-check.tar.xz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+        checks = json.loads(tar.extractfile("./checks.json").read())
+    assert {"checks.json", "check.log", "summary.json", "pytest-gpu.txt"} <= names
+    order = [c["check"] for c in checks]
+    assert order[0].startswith("onnxruntime from the private prefix")
+    assert order[1].startswith("CUDA first") and order[-1].startswith("CUDA vs CPU")
+    assert len(order) == 7
+    summary = (out / "summary.txt").read_text()
+    assert "CUDA first in get_providers()" in summary and "[PASS]" in summary or "[FAIL]" in summary

@@ -85,7 +85,9 @@ def bench(ctx: click.Context, models, provider_spec, batch_spec, db_path, no_sav
             store.close()
 
     if as_json:
-        print_json({"results": [row.to_dict() for row in report.rows],
+        from ..runtime.row import UNITS
+
+        print_json({"results": [row.to_dict() for row in report.rows], "units": UNITS,
                     "fingerprint": report.fingerprint,
                     "db": str(store.path) if store is not None else None})
     else:
@@ -101,10 +103,15 @@ def bench(ctx: click.Context, models, provider_spec, batch_spec, db_path, no_sav
 @click.option("--baseline", default="cpu", show_default=True,
               help="Provider the speedups are relative to.")
 @json_option
-def results(db_path, model_filter, provider_spec, machine_filter, baseline, as_json) -> None:
+@click.option("--csv", "as_csv", is_flag=True,
+              help="Print the stored rows as CSV on stdout (one line per measurement).")
+def results(db_path, model_filter, provider_spec, machine_filter, baseline, as_json,
+            as_csv) -> None:
     """List stored measurements side by side.
 
     Providers side by side with speedups, and one model across machines."""
+    if as_json and as_csv:
+        raise OnnxscaleError("--json and --csv: give one or the other")
     from pathlib import Path
 
     from ..runtime import parse_providers, short_name
@@ -118,10 +125,20 @@ def results(db_path, model_filter, provider_spec, machine_filter, baseline, as_j
     with ResultStore(path) as store:
         rows = store.rows(model=model_filter, providers=providers, fingerprint=machine_filter)
         fingerprints = store.fingerprints()
+    if as_csv:
+        import sys
+
+        from ..runtime.row import write_csv
+
+        write_csv(rows, sys.stdout)
+        return
     side = compare_providers(rows, base)
     across = compare_machines(rows)
     if as_json:
+        from ..runtime.row import UNITS
+
         print_json({"db": str(path), "results": [row.to_dict() for row in rows],
+                    "units": UNITS,
                     "fingerprints": fingerprints,
                     "providers": side, "machines": across})
         return

@@ -13,8 +13,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # timing statistics, in milliseconds (throughput: items per second)
-METRICS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms", "max_ms",
-           "throughput", "runs")
+METRICS = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "cv", "min_ms",
+           "max_ms", "throughput", "runs")
+
+# the unit of every numeric field, as ``--json`` states it
+UNITS = {**{name: "ms" for name in METRICS if name.endswith("_ms")},
+         "session_create_ms": "ms", "first_run_ms": "ms", "engine_build_ms": "ms",
+         "cv": "ratio (std / mean)", "throughput": "items/s", "runs": "count",
+         "warmup_runs": "count", "peak_host_mb": "MiB", "measured_at": "s since the epoch",
+         "batch": "items", "threads": "count"}
+
+# the columns of ``results --csv`` and a report's rows.csv, in order
+CSV_COLUMNS = ("model", "model_hash", "provider", "environment", "batch", "precision",
+               "threads", "status", *METRICS, "session_create_ms", "first_run_ms",
+               "engine_build_ms", "peak_host_mb", "nodes_on_provider", "nodes_total",
+               "flops_share_on_provider", "outputs_rel_l2", "outputs_ok", "ort_version",
+               "fingerprint", "measured_at", "reason")
 
 
 @dataclass
@@ -96,6 +110,26 @@ class Row:
         known = {k: v for k, v in data.items() if k in names}
         return cls(**known, extra={k: v for k, v in data.items() if k not in names})
 
+    def csv_record(self) -> dict[str, Any]:
+        """The row as one flat CSV record (`CSV_COLUMNS`)."""
+        placement = self.placement or {}
+        check = self.output_check or {}
+        values = {**self.to_dict(), "nodes_on_provider": placement.get("on_provider"),
+                  "nodes_total": placement.get("total"),
+                  "flops_share_on_provider": placement.get("flops_share"),
+                  "outputs_rel_l2": check.get("rel_l2"), "outputs_ok": check.get("ok")}
+        return {name: values.get(name) for name in CSV_COLUMNS}
+
     def update_metrics(self, stats: dict[str, float]) -> None:
         for key in METRICS:
             setattr(self, key, stats[key])
+
+
+def write_csv(rows: list[Row], stream) -> None:
+    """Rows as CSV with a header (`CSV_COLUMNS`); empty cells for missing values."""
+    import csv
+
+    writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.csv_record().items()})
