@@ -177,11 +177,12 @@ class ReportSummary:
     findings: list[str]
     machines: list[str]
     summary: dict[str, Any] = field(repr=False)
+    providers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "files": [str(p) for p in self.files],
                 "findings": self.findings, "machines": self.machines,
-                "exponents": self.summary["exponents"]}
+                "providers": self.providers, "exponents": self.summary["exponents"]}
 
 
 # ---- analyze, plan, scale ------------------------------------------------------------------
@@ -442,7 +443,8 @@ def report(output: str | os.PathLike, *, db: str | os.PathLike | None = None,
     summary, written = build_report(path, Path(output), model=model, providers=wanted,
                                     machine=machine, reference=reference)
     return ReportSummary(Path(output), written, [p["finding"] for p in summary["panels"]],
-                         [c["finding"] for c in summary["machines_compared"]], summary)
+                         [c["finding"] for c in summary["machines_compared"]], summary,
+                         [c["finding"] for c in summary["providers_compared"]])
 
 
 def load_results(db: str | os.PathLike | None = None, *, table: str = "bench"

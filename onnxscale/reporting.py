@@ -242,79 +242,101 @@ def follows(correlation: dict) -> str | None:
     return max(r, key=r.get) if r else None
 
 
-def compare_machines(rows: list[dict], analyzed: list[dict],
-                     reference: str | None = None) -> list[dict]:
-    """The hardware question: per (model, provider, batch) timed on two or more machines,
-    each machine's runtime relative to the reference one's (the machine whose fingerprint id
-    starts with ``reference``, else the first stored; median over the cells both timed,
-    with the range: a wide one means strategies rank differently on the two), the metric
-    its runtime follows, its fastest strategy per factor, and the factors where the
-    machines disagree on the fastest strategy."""
+# What stays fixed when machines are compared, and when providers are.
+_HELD = {"machine": ("model", "provider", "batch"), "provider": ("model", "machine", "batch")}
+
+
+def compare_along(rows: list[dict], analyzed: list[dict], axis: str,
+                  reference: str | None = None) -> list[dict]:
+    """The hardware question, along ``axis`` (``machine`` or ``provider``): per group of cells
+    that differ only in it (timed on two or more), each member's runtime relative to the
+    reference member's (median over the cells both timed, with the range: a wide one means
+    strategies rank differently on the two), the metric its runtime follows, its fastest
+    strategy per factor, and the factors where the members disagree on the fastest strategy.
+    The reference is the first stored member, or for machines the one whose fingerprint id
+    starts with ``reference``."""
+    held = _HELD[axis]
     timed: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for row in rows:
         if row["p50_ms"]:
-            timed[(row["model"], row["provider"], row["batch"])] \
-                .setdefault(row["machine"], {})[(row["strategy"], row["flops_factor"])] = \
-                row["p50_ms"]
+            timed[tuple(row[k] for k in held)].setdefault(row[axis], {})[
+                (row["strategy"], row["flops_factor"])] = row["p50_ms"]
     by_panel = {(p["model"], p["provider"], p["machine"], p["batch"]): p for p in analyzed}
     ids = {row["machine"]: row["fingerprint"] for row in rows}
+    plural = axis + "s"
     out = []
-    for (model, provider, batch), by_machine in timed.items():
-        if len(by_machine) < 2:
+    for key, by_member in timed.items():
+        if len(by_member) < 2:
             continue
-        first = next((m for m in by_machine if reference and ids[m].startswith(reference)),
-                     next(iter(by_machine)))
-        by_machine = {first: by_machine[first]} | by_machine
-        entry = {"model": model, "provider": provider, "batch": batch,
-                 "reference": first, "machines": []}
-        for machine, cells in by_machine.items():
-            ratio = {k: cells[k] / by_machine[first][k] for k in cells if k in by_machine[first]}
+        first = next((m for m in by_member if reference and axis == "machine"
+                      and ids[m].startswith(reference)), next(iter(by_member)))
+        by_member = {first: by_member[first]} | by_member
+        entry = dict(zip(held, key)) | {"reference": first, plural: []}
+        for member, cells in by_member.items():
+            ratio = {k: cells[k] / by_member[first][k] for k in cells if k in by_member[first]}
             ratios = list(ratio.values())
-            panel = by_panel[(model, provider, machine, batch)]
+            where = dict(zip(held, key)) | {axis: member}
+            panel = by_panel[(where["model"], where["provider"], where["machine"],
+                              where["batch"])]
             metric = follows(panel["correlation"])
-            entry["machines"].append({
-                "machine": machine, "cells": len(cells),
+            entry[plural].append({
+                axis: member, "cells": len(cells),
                 "time_vs_reference": float(np.median(ratios)) if ratios else None,
                 "ratio_range": [min(ratios), max(ratios)] if ratios else None,
                 "ratios": [{"strategy": s, "flops_factor": f, "ratio": v}
                            for (s, f), v in sorted(ratio.items(), key=lambda i: i[0][1])],
                 "follows": metric, "r": panel["correlation"].get(metric),
                 "fastest": {f["flops_factor"]: f["fastest"] for f in panel["fastest"]}})
-        entry["fastest_differs_at"] = _disagreements(entry["machines"])
-        entry["finding"] = machine_finding(entry)
+        entry["fastest_differs_at"] = _disagreements(entry[plural], axis)
+        entry["finding"] = comparison_finding(entry, axis)
         out.append(entry)
     return out
 
 
-def _disagreements(machines: list[dict]) -> list[dict]:
-    """Factors timed on every machine whose fastest strategy is not the same on all."""
-    shared = set.intersection(*(set(m["fastest"]) for m in machines))
-    return [{"flops_factor": f, "fastest": {m["machine"]: m["fastest"][f] for m in machines}}
-            for f in sorted(shared) if len({m["fastest"][f] for m in machines}) > 1]
+def compare_machines(rows: list[dict], analyzed: list[dict],
+                     reference: str | None = None) -> list[dict]:
+    """One model on one provider across machines (`compare_along`)."""
+    return compare_along(rows, analyzed, "machine", reference)
 
 
-def machine_finding(entry: dict) -> str:
-    """One sentence comparing the machines of a (model, provider, batch)."""
-    machines = entry["machines"]
-    text = (f"{entry['model']} on {entry['provider']} batch {entry['batch']}, "
-            f"{len(machines)} machines:")
-    for m in machines[1:]:
+def compare_providers(rows: list[dict], analyzed: list[dict]) -> list[dict]:
+    """One model on one machine across execution providers (`compare_along`)."""
+    return compare_along(rows, analyzed, "provider")
+
+
+def _disagreements(members: list[dict], axis: str) -> list[dict]:
+    """Factors timed on every member whose fastest strategy is not the same on all."""
+    shared = set.intersection(*(set(m["fastest"]) for m in members))
+    return [{"flops_factor": f, "fastest": {m[axis]: m["fastest"][f] for m in members}}
+            for f in sorted(shared) if len({m["fastest"][f] for m in members}) > 1]
+
+
+def comparison_finding(entry: dict, axis: str) -> str:
+    """One sentence comparing the members of a group (machines, or providers)."""
+    members = entry[axis + "s"]
+    if axis == "machine":
+        text = (f"{entry['model']} on {entry['provider']} batch {entry['batch']}, "
+                f"{len(members)} machines:")
+    else:
+        text = (f"{entry['model']} on {entry['machine']} batch {entry['batch']}, "
+                f"{len(members)} providers:")
+    for m in members[1:]:
         if m["time_vs_reference"] is not None:
             low, high = m["ratio_range"]
-            text += (f" {m['machine']} takes {m['time_vs_reference']:.2f}x the time of "
+            text += (f" {m[axis]} takes {m['time_vs_reference']:.2f}x the time of "
                      f"{entry['reference']} ({low:.2f}-{high:.2f}x over the cells);")
-    follows = {m["follows"] for m in machines}
+    follows = {m["follows"] for m in members}
     text += (f" runtime follows {follows.pop()} on all" if len(follows) == 1 else
-             " runtime follows " + ", ".join(f"{m['follows']} on {m['machine']}"
-                                            for m in machines))
+             " runtime follows " + ", ".join(f"{m['follows']} on {m[axis]}"
+                                            for m in members))
     differs = entry["fastest_differs_at"]
     if differs:
         at = differs[-1]
         text += (f"; the fastest strategy differs at {len(differs)} factor(s), at "
                  f"{at['flops_factor']:g}x: " + ", ".join(
-                     f"{s} on {machine}" for machine, s in at["fastest"].items()))
+                     f"{s} on {member}" for member, s in at["fastest"].items()))
     else:
-        text += "; the fastest strategy is the same on every machine at every factor"
+        text += f"; the fastest strategy is the same on every {axis} at every factor"
     return text
 
 
@@ -364,7 +386,8 @@ def summarize(cells: list[dict], machines: dict[str, str], reference: str | None
             "fit": [keyed(p) | (p["fit"] or {}) for p in analyzed],
             "fastest": [keyed(p) | f for p in analyzed for f in p["fastest"]],
             "findings": [p["finding"] for p in analyzed], "machines": machines,
-            "machines_compared": compare_machines(rows, analyzed, reference)}
+            "machines_compared": compare_machines(rows, analyzed, reference),
+            "providers_compared": compare_providers(rows, analyzed)}
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -617,17 +640,28 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      f"{m['follows']} (r = {_fmt(m['r'])})",
                      ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
                     for e in summary["machines_compared"] for m in e["machines"]]))
+    tables.append(("Providers compared (time relative to the first provider of a group)",
+                   ["model", "machine", "batch", "provider", "cells", "time vs first",
+                    "range", "runtime follows", "fastest per factor"],
+                   [[e["model"], e["machine"], str(e["batch"]), m["provider"], str(m["cells"]),
+                     _fmt(m["time_vs_reference"], 2) + "x",
+                     "-" if not m["ratio_range"] else
+                     f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
+                     f"{m['follows']} (r = {_fmt(m['r'])})",
+                     ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
+                    for e in summary.get("providers_compared", []) for m in e["providers"]]))
     tables.append(("Growth exponents against flops (paper: dWr acts s^0.6, dwr s^0.83)",
                    ["model", "strategy", "acts", "params", "points"],
                    [[e["model"], e["strategy"], _fmt(e["acts"], 2), _fmt(e["params"], 2),
                      str(e["points"])] for e in summary["exponents"].values()]))
-    return tables
+    return [table for table in tables if table[2]]  # a section with nothing to show is left out
 
 
 def _markdown(summary: dict) -> str:
     lines = ["# onnxscale report", ""]
     lines += [f"- {p['finding']}" for p in summary["panels"]]
-    lines += [f"- {e['finding']}" for e in summary["machines_compared"]] + [""]
+    lines += [f"- {e['finding']}" for e in summary["machines_compared"]]
+    lines += [f"- {e['finding']}" for e in summary.get("providers_compared", [])] + [""]
     for title, header, rows in _tables(summary):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
@@ -650,6 +684,7 @@ def _html(summary: dict, images: dict[str, Path]) -> str:
              "<h1>onnxscale report</h1><h2>Findings</h2><ul>"]
     parts += [f"<li>{e(p['finding'])}</li>" for p in summary["panels"]]
     parts += [f"<li>{e(c['finding'])}</li>" for c in summary["machines_compared"]]
+    parts += [f"<li>{e(c['finding'])}</li>" for c in summary.get("providers_compared", [])]
     parts.append("</ul>")
     captions = {"runtime": "Runtime against flops, params and acts (log-log), one line per "
                            "strategy",

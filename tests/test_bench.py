@@ -570,8 +570,8 @@ def test_interrupt_keeps_finished_rows(tmp_path, sig):
 
 
 def test_run_bench_orders_and_dedupes_batches(tiny):
-    report = run_bench([str(tiny)], [P.CPU, "OpenVINOExecutionProvider"], [1, 1, None], FAST)
-    assert [(r.batch, r.provider) for r in report.rows] == [(1, "cpu"), (1, "openvino")]
+    report = run_bench([str(tiny)], [P.CPU, "ArmNNExecutionProvider"], [1, 1, None], FAST)
+    assert [(r.batch, r.provider) for r in report.rows] == [(1, "cpu"), (1, "armnn")]
     assert report.planned == 2 and report.fingerprint["id"] == report.rows[0].fingerprint
 
 

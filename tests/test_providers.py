@@ -265,20 +265,34 @@ def test_real_openvino_plugin_is_found_and_says_whether_it_has_a_device(clean_ca
 
 # --- a real isolated environment ------------------------------------------------------------
 
+OV_CACHE = CACHE / "openvino-cache"  # its own onnxscale cache: other tests must not see it
+
+
 @pytest.fixture(scope="session")
-def openvino_env():
+def openvino_made():
     """onnxruntime-openvino in an environment of its own, made once (and kept under the test
     cache, so later runs reuse it); xdist workers wait for whichever makes it."""
     if not LINUX_X86:
         pytest.skip("onnxruntime-openvino has wheels for linux-x86_64 and Windows only")
-    lock = CACHE / "openvino-env.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        env = environments.get("openvino")
-        if env is None or env.problem() is not None:
-            env = environments.create("openvino", force=True)
+    OV_CACHE.mkdir(parents=True, exist_ok=True)
+    saved = os.environ.get("ONNXSCALE_CACHE_DIR")
+    os.environ["ONNXSCALE_CACHE_DIR"] = str(OV_CACHE)
+    try:
+        with open(OV_CACHE / "make.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            env = environments.get("openvino")
+            if env is None or env.problem() is not None:
+                env = environments.create("openvino", force=True)
+    finally:
+        os.environ["ONNXSCALE_CACHE_DIR"] = saved or ""
     return env
+
+
+@pytest.fixture
+def openvino_env(openvino_made, monkeypatch):
+    """The environment, visible to this test (and the commands it starts)."""
+    monkeypatch.setenv("ONNXSCALE_CACHE_DIR", str(OV_CACHE))
+    return openvino_made
 
 
 @pytest.mark.slow
@@ -344,3 +358,16 @@ def _has_pandas() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_fp16_reaches_each_provider_as_it_can():
+    """CUDA and TensorRT-RTX run an fp16 model (TensorRT-RTX has no fp16 flag: given the
+    fp32 model its row said fp16 and ran fp32); TensorRT gets its builder flag, with a note."""
+    from onnxscale.runtime.settings import BenchSettings, precision_note, uses_fp16_model
+
+    half = BenchSettings(precision="fp16")
+    assert uses_fp16_model(P.CUDA, half) and uses_fp16_model(P.TENSORRT_RTX, half)
+    assert uses_fp16_model(OV, half) and not uses_fp16_model(P.TENSORRT, half)
+    assert "deprecated in TensorRT 10.12" in precision_note(P.TENSORRT, half)
+    assert precision_note(P.CUDA, half) is None
+    assert not uses_fp16_model(P.CUDA, BenchSettings())

@@ -199,3 +199,37 @@ def test_log_axes_label_a_narrow_range_with_several_numbers():
     assert ticks(80, 160) == [80, 100, 120, 150]
     assert ticks(1, 1000) == [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]
     assert ticks(3.1, 8.4) == [4, 5, 6, 8]
+
+
+def test_providers_compared_and_empty_sections_left_out(tmp_path):
+    """One machine, two providers: the providers are compared (ratio, metric, fastest per
+    factor, where it differs); 'Machines compared' has nothing to show and is not on the page;
+    rows.csv carries every row."""
+    import csv
+
+    from onnxscale.reporting import build_report
+
+    db = tmp_path / "r.db"
+    stored_sweep(db, machines=("m1",))
+    with ResultStore(db) as store:  # the same sweep on OpenVINO: follows flops, 0.5x the time
+        for cell in [c for c in store.cells() if c["status"] == "ok"]:
+            p50 = 0.5 * (10 * cell["flops"] / 1e9 + 1)
+            store.save_cell({k: cell[k] for k in ("base_hash", "strategy", "factor", "batch",
+                                                  "options", "fingerprint", "base", "flops",
+                                                  "params", "acts")}
+                            | {"provider": "OpenVINOExecutionProvider", "status": "ok",
+                               "p50_ms": p50})
+    summary, written = build_report(db, tmp_path / "out")
+    assert summary["machines_compared"] == []
+    (entry,) = summary["providers_compared"]
+    assert entry["reference"] == "cpu" and [p["provider"] for p in entry["providers"]] == [
+        "cpu", "openvino"]
+    assert [p["follows"] for p in entry["providers"]] == ["acts", "flops"]
+    assert [d["flops_factor"] for d in entry["fastest_differs_at"]] == [2.0, 4.0]
+    assert "2 providers" in entry["finding"] and "runtime follows acts on cpu" in entry["finding"]
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Providers compared" in page and "Machines compared" not in page
+    assert "<table><tr></tr>" not in page
+    with open(tmp_path / "out" / "rows.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(summary["rows"]) and {"p50_ms", "provider", "flops"} <= rows[0].keys()

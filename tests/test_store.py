@@ -155,16 +155,16 @@ def test_resume_skips_finished_configurations(tmp_path):
         first = run_bench([a], ["CPUExecutionProvider"], [1], settings, store=store)
         stamp = first.rows[0].measured_at
         # an "interrupted" earlier run measured a only; resuming measures b and reuses a
-        second = run_bench([a, b], ["CPUExecutionProvider", "OpenVINOExecutionProvider"], [1],
+        second = run_bench([a, b], ["CPUExecutionProvider", "ArmNNExecutionProvider"], [1],
                            settings, store=store, resume=True)
         assert [r.cached for r in second.rows] == [True, False, False, False]
         assert second.rows[0].measured_at == stamp
-        assert store.count() == 4  # a/cpu, a/openvino (unavailable), b/cpu, b/openvino
+        assert store.count() == 4  # a/cpu, a/armnn (unavailable), b/cpu, b/armnn
         # without resume the row is measured again and replaced, never duplicated
         third = run_bench([a], ["CPUExecutionProvider"], [1], settings, store=store)
         assert third.rows[0].measured_at > stamp and store.count() == 4
         # resume retries unavailable rows rather than trusting them
-        fourth = run_bench([b], ["OpenVINOExecutionProvider"], [1], settings, store=store,
+        fourth = run_bench([b], ["ArmNNExecutionProvider"], [1], settings, store=store,
                            resume=True)
         assert not fourth.rows[0].cached
 

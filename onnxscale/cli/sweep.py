@@ -100,7 +100,7 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
 @click.command()
 @db_option
 @click.option("-o", "--output", required=True, type=click.Path(),
-              help="Folder for the plots, summary.json, summary.md and index.html.")
+              help="Folder for the plots, summary.json, rows.csv, summary.md and index.html.")
 @result_filters("base models")
 @click.option("--reference", metavar="ID", help="Machine the others are compared to "
               "(fingerprint id prefix; default: the first stored).")
@@ -109,7 +109,8 @@ def report(db_path, output, model_filter, provider_spec, machine_filter, referen
            as_json) -> None:
     """Analyze stored sweeps: runtime against flops, params and acts per provider and machine.
 
-    Writes plots (PNG, SVG), summary.json, summary.md and a self-contained index.html.
+    Writes plots (PNG, SVG), summary.json, rows.csv, summary.md and a self-contained
+    index.html.
 
     Example: onnxscale report -o report/ && open report/index.html
     """
@@ -121,6 +122,6 @@ def report(db_path, output, model_filter, provider_spec, machine_filter, referen
     if as_json:
         print_json(result.to_dict())
         return
-    for finding in result.findings + result.machines:
+    for finding in result.findings + result.machines + result.providers:
         click.echo(finding)
     click.echo(f"report written to {result.output}/index.html ({len(result.files)} files)")

@@ -76,15 +76,21 @@ def _device_label(device) -> str:
     return f"{kind} ({hw.vendor})" if getattr(hw, "vendor", "") else kind
 
 
+_REGISTERED: dict[str, set[str]] = {}  # library -> EP names it added; onnxruntime refuses a
+                                       # second registration, so this outlives any rediscovery
+
+
 def _register(ort, plugin: Plugin) -> None:
-    before = {d.ep_name for d in ort.get_ep_devices()}
-    try:
-        ort.register_execution_provider_library(plugin.name, plugin.library)
-    except Exception as exc:
-        plugin.reason = f"registering {Path(plugin.library).name} failed: {str(exc)[:300]}"
-        return
+    if plugin.library not in _REGISTERED:
+        before = {d.ep_name for d in ort.get_ep_devices()}
+        try:
+            ort.register_execution_provider_library(plugin.name, plugin.library)
+        except Exception as exc:
+            plugin.reason = f"registering {Path(plugin.library).name} failed: {str(exc)[:300]}"
+            return
+        _REGISTERED[plugin.library] = {d.ep_name for d in ort.get_ep_devices()} - before
     devices = ort.get_ep_devices()
-    names = plugin.ep_names or sorted({d.ep_name for d in devices} - before)
+    names = plugin.ep_names or sorted(_REGISTERED[plugin.library])
     plugin.ep_names = names
     for ep in names:
         plugin.devices[ep] = [_device_label(d) for d in devices if d.ep_name == ep]

@@ -43,7 +43,8 @@ from .inputs import PreparedModel, random_inputs, static_output_shapes
 from .row import Row
 from .session import (Runner, capture_native_output, create_session, ort_message,
                       preload_cuda_libraries, provider_chain, session_options)
-from .settings import DEFAULT_SECONDS, BenchSettings, key_options, uses_fp16_model
+from .settings import (DEFAULT_SECONDS, BenchSettings, key_options, precision_note,
+                       uses_fp16_model)
 from .timing import peak_memory_mb, reset_peak_memory, summarize, time_runs, warm_up
 
 
@@ -81,6 +82,9 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
         return row
 
     fp16 = uses_fp16_model(provider, settings)
+    note = precision_note(provider, settings)
+    if note:
+        notes.append(note)
     feed_specs = prepared.feed_specs(fp16)
     feeds = random_inputs(feed_specs, settings.seed)
     so = session_options(settings)

@@ -69,8 +69,19 @@ def effective_cuda_graph(provider: str, settings: BenchSettings) -> bool:
 
 
 def uses_fp16_model(provider: str, settings: BenchSettings) -> bool:
-    """fp16 on TensorRT is a builder flag on the fp32 model; elsewhere we convert the model."""
-    return settings.precision == "fp16" and provider not in (P.TENSORRT, P.TENSORRT_RTX)
+    """How fp16 reaches each provider.  TensorRT: a builder flag on the fp32 model
+    (``trt_fp16_enable``; TensorRT may keep layers in fp32 where that is faster).  Every other
+    provider, TensorRT-RTX included (it has no such flag and builds what the model's types
+    say), runs an fp16 copy of the model."""
+    return settings.precision == "fp16" and provider != P.TENSORRT
+
+
+def precision_note(provider: str, settings: BenchSettings) -> str | None:
+    """What fp16 means on this provider, when it is not simply 'an fp16 model'."""
+    if settings.precision == "fp16" and provider == P.TENSORRT:
+        return ("fp16 by TensorRT's builder flag on the fp32 model (trt_fp16_enable: "
+                "deprecated in TensorRT 10.12, gone in 11; an fp16 model is the lasting way)")
+    return None
 
 
 def key_options(provider: str, prepared: PreparedModel, settings: BenchSettings) -> dict:
