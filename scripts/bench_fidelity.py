@@ -7,9 +7,12 @@ For each model, in one process, alternately (ABBA order per round) time
 * a bare loop: one ``InferenceSession`` with the same thread count, a fixed warm-up, then
   ``t0 = perf_counter(); session.run(None, feeds); times.append(perf_counter() - t0)``,
 
-and report harness p50 / bare p50 per round and overall (median of the harness p50s over the
-median of the bare p50s).  The harness passes if the overall ratio is within ±10%
-(``--tolerance``).
+and report harness p50 / bare p50 per round and overall: the median of the harness p50s over
+the median of the bare p50s, and the best round's over the best round's.  The verdict is on
+the best-round ratio: on a shared VM whose speed jumps between levels for seconds at a time
+(seen here: 17.3 and 23 ms for the same EfficientNet-B0 session), the medians of a few rounds
+land on different levels by chance, while overhead the harness added would show in its best
+round too.  The harness passes within ±10% (``--tolerance``).
 
     python scripts/bench_fidelity.py                       # zoo ResNet-18, EfficientNet-B0
     python scripts/bench_fidelity.py --source torchvision  # torchvision exports instead
@@ -116,7 +119,8 @@ assert session.get_providers()[0] == provider, session.get_providers()
 rng = np.random.default_rng(0)
 feeds = {i.name: rng.standard_normal([1] + list(i.shape[1:])).astype(np.float32)
          for i in session.get_inputs()}
-for _ in range(10):
+warm_until = time.perf_counter() + 1.5  # warm up as long as a careful bare loop would
+while time.perf_counter() < warm_until:
     session.run(None, feeds)
 times = []
 for _ in range(runs):
@@ -220,16 +224,18 @@ def main() -> int:
             print(f"{title:<31} {r + 1:>5} {got['harness']:>11.3f} {got['bare']:>9.3f} "
                   f"{got['harness'] / got['bare']:>7.3f}", flush=True)
         ratio = float(np.median(harness) / np.median(bare))
-        summary.append((title, float(np.median(harness)), float(np.median(bare)), ratio))
+        best = float(min(harness) / min(bare))
+        summary.append((title, float(np.median(harness)), float(np.median(bare)), ratio, best))
         session = None  # the bare session goes before the next model loads
 
-    print(f"\n{'model':<31} {'harness p50':>12} {'bare p50':>9} {'ratio':>7}  verdict")
+    print(f"\n{'model':<31} {'harness p50':>12} {'bare p50':>9} {'median':>7} {'best':>7}"
+          f"  verdict (on the best-round ratio)")
     ok = True
-    for title, h, b, ratio in summary:
-        inside = abs(ratio - 1) <= tolerance
+    for title, h, b, ratio, best in summary:
+        inside = abs(best - 1) <= tolerance
         verdict = f"ok (within ±{tolerance:.0%})" if inside else "OUT OF RANGE"
         ok &= inside
-        print(f"{title:<31} {h:>12.3f} {b:>9.3f} {ratio:>7.3f}  {verdict}")
+        print(f"{title:<31} {h:>12.3f} {b:>9.3f} {ratio:>7.3f} {best:>7.3f}  {verdict}")
     return 0 if ok else 1
 
 

@@ -443,6 +443,22 @@ def test_cli_bench_json(tiny, tmp_path):
     fp = data["fingerprint"]
     assert fp["cpu_logical_cores"] >= 1 and fp["ort_version"] and "gpus" in fp and fp["id"]
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM results").fetchone()[0] == 2
+    units = data["units"]  # every figure says what it is measured in
+    assert units["p50_ms"] == units["p95_ms"] == "ms" and units["throughput"] == "items/s"
+    assert units["peak_host_mb"] == "MiB"
+    assert rows[0]["p50_ms"] <= rows[0]["p95_ms"] <= rows[0]["max_ms"]
+    # results --csv: every stored row, one line each, the same figures
+    import csv
+    import io
+
+    result = _invoke("results", "--db", str(db), "--csv")
+    assert result.exit_code == 0
+    table = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [int(r["batch"]) for r in table] == [1, 2]
+    assert float(table[0]["p50_ms"]) == pytest.approx(rows[0]["p50_ms"])
+    assert table[0]["outputs_ok"] == "True" and table[0]["nodes_total"]
+    result = _invoke("results", "--db", str(db), "--csv", "--json")
+    assert result.exit_code != 0
 
 
 @no_cuda
