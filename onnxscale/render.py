@@ -289,8 +289,11 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
     wide = console.width >= 112  # narrow terminals get the core columns; --json has them all
     table = Table(title="onnxscale bench", title_justify="left", box=box.SIMPLE_HEAD,
                   padding=(0, 1))
-    table.add_column("model", overflow="fold", min_width=10)
-    table.add_column("provider", overflow="fold", min_width=8)
+    names = short_model_names(r.model for r in rows)
+    table.add_column("model", overflow="fold",
+                     min_width=min(24, max((len(n) for n in names.values()), default=10)))
+    table.add_column("provider", overflow="fold",
+                     min_width=max((len(_provider_cell(r)) for r in rows), default=8))
     columns = [("batch", lambda r: str(r.batch)), ("p50 ms", lambda r: fmt_ms(r.p50_ms))]
     if console.width >= 96:
         columns.append(("p90 ms", lambda r: fmt_ms(r.p90_ms)))
@@ -299,7 +302,7 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
     columns += [("CV", lambda r: f"{r.cv * 100:.1f}%"),
                 ("items/s", lambda r: f"{r.throughput:.1f}"), ("runs", lambda r: str(r.runs)),
                 ("nodes", _nodes_cell), ("outputs", _outputs_cell)]
-    if wide:
+    if console.width >= 150:
         columns += [("create ms", lambda r: fmt_ms(r.session_create_ms)),
                     ("first ms", lambda r: fmt_ms(r.first_run_ms)),
                     ("peak MB", lambda r: f"{r.peak_host_mb:.0f}" if r.peak_host_mb
@@ -307,7 +310,6 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
     for name, _ in columns:
         table.add_column(name, justify="right", no_wrap=True)
     problems: dict[tuple[str, str, str], list[str]] = {}
-    names = short_model_names(r.model for r in rows)
     for row in rows:
         model = names[row.model]
         if row.available:
