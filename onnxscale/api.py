@@ -344,7 +344,7 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
           input_shapes: InputShapes = None, cache_dir: str | os.PathLike | None = None,
           db: str | os.PathLike | None = None, resume: bool = False,
           check_outputs: bool = True, output_tolerance: float | None = None,
-          ep_libraries: Sequence[str] = (),
+          ep_libraries: Sequence[str] = (), rounds: int = 1,
           progress: Callable[[int, int, str, str, float | None], None] | None = None
           ) -> list[Row]:
     """Time models on ONNX Runtime execution providers (``onnxscale bench``): one `Row` per
@@ -354,7 +354,8 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
     ``"[PROVIDER:]KEY=VALUE"`` strings, as ``--provider-option`` takes them.  Rows are stored
     in the results database ``db`` when given (``resume``: reuse rows stored there).
     ``check_outputs``: compare outputs with the CPU fp32 reference (``Row.output_check``);
-    ``ep_libraries``: plugin EP libraries to register beside the installed packages."""
+    ``ep_libraries``: plugin EP libraries to register beside the installed packages.
+    ``rounds``: time each configuration this many times, interleaved (``Row.p50_ci_ms``)."""
     from .runtime import parse_providers, run_bench
     from .runtime.settings import make_settings, parse_batches
     from .store import ResultStore
@@ -368,7 +369,7 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
                              cuda_graph=cuda_graph, provider_options=provider_options,
                              input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir,
                              check_outputs=check_outputs, output_tolerance=output_tolerance,
-                             ep_libraries=ep_libraries)
+                             ep_libraries=ep_libraries, rounds=rounds)
     import onnx
 
     items = [models] if isinstance(models, (str, os.PathLike, onnx.ModelProto)) \
@@ -394,7 +395,8 @@ def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,
           input_shapes: InputShapes = None, cache_dir: str | os.PathLike | None = None,
           db: str | os.PathLike | None = None, keep_models: str | os.PathLike | None = None,
           retry_failed: bool = False, check_outputs: bool = True,
-          output_tolerance: float | None = None, progress=None) -> SweepSummary:
+          output_tolerance: float | None = None, rounds: int = 1,
+          progress=None) -> SweepSummary:
     """Scale each model with every strategy to every flops factor and time each result on
     every provider (``onnxscale sweep``).  Cells are stored one by one in ``db`` (default: the
     user's results database); a rerun skips the cells already there."""
@@ -409,7 +411,8 @@ def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,
                              warmup=warmup, runs=runs, seconds=seconds, io_binding=io_binding,
                              cuda_graph=cuda_graph, provider_options=provider_options,
                              input_shapes=input_shapes_of(input_shapes), cache_dir=cache_dir,
-                             check_outputs=check_outputs, output_tolerance=output_tolerance)
+                             check_outputs=check_outputs, output_tolerance=output_tolerance,
+                             rounds=rounds)
     try:
         tol = parse_tolerance(tolerance)
     except ValueError as exc:

@@ -294,7 +294,10 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
                      min_width=min(24, max((len(n) for n in names.values()), default=10)))
     table.add_column("provider", overflow="fold",
                      min_width=max((len(_provider_cell(r)) for r in rows), default=8))
-    columns = [("batch", lambda r: str(r.batch)), ("p50 ms", lambda r: fmt_ms(r.p50_ms))]
+    columns = [("batch", lambda r: str(r.batch)), ("p50 ms", lambda r: fmt_ms(r.p50_ms)),
+               ("± 95%", _interval_cell)]
+    if any(r.rounds and len(r.rounds) > 1 for r in rows):
+        columns.append(("rounds", lambda r: str(len(r.rounds or [None]))))
     if console.width >= 96:
         columns.append(("p90 ms", lambda r: fmt_ms(r.p90_ms)))
     if wide:
@@ -314,6 +317,9 @@ def print_bench(rows: list[Row], fingerprint: dict, db_path) -> None:
         model = names[row.model]
         if row.available:
             table.add_row(model, _provider_cell(row), *[fmt(row) for _, fmt in columns])
+            if row.stability and row.stability.get("unstable"):
+                key = (row.provider, "unstable", "; ".join(row.stability["reasons"]))
+                problems.setdefault(key, []).append(f"{model} b{row.batch}")
             if row.placement and row.placement.get("partial"):
                 from .runtime.placement import describe
 
@@ -345,6 +351,15 @@ def _provider_cell(row: Row) -> str:
         return row.provider
     return f"{row.provider} (plugin)" if row.environment.startswith("plugin:") else \
         f"{row.provider} (env)"
+
+
+def _interval_cell(row: Row) -> str:
+    """Half the width of the p50's 95% interval, and ``!`` when the row is unstable."""
+    if not row.p50_ci_ms:
+        return "-"
+    low, high = row.p50_ci_ms
+    text = f"{(high - low) / 2:.2f}" if high - low < 20 else f"{(high - low) / 2:.0f}"
+    return f"[yellow]{text}![/]" if (row.stability or {}).get("unstable") else text
 
 
 def _nodes_cell(row: Row) -> str:

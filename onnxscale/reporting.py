@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .evidence import (correlation_gap, fastest_at, interval_of, noise_floor,
+                       prediction_interval, ratio_interval)
+
 METRICS = ("flops", "params", "acts")
 STRATEGY_ORDER = ("d", "w", "r", "dw", "dwr", "dWr")
 
@@ -56,6 +59,9 @@ def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
             "p50_ms": cell.get("p50_ms") if cell.get("status") == "ok" else None,
             "status": cell["status"], "multipliers": cell.get("multipliers"),
             "inputs": cell.get("inputs"), "p95_ms": bench.get("p95_ms"), "cv": bench.get("cv"),
+            "p50_ci": bench.get("p50_ci_ms") if cell.get("status") == "ok" else None,
+            "round_p50s": [r.get("p50_ms") for r in bench.get("rounds") or []],
+            "unstable": (bench.get("stability") or {}).get("unstable"),
             "environment": bench.get("environment"),
             "nodes_partial": placement.get("partial"), "outputs_ok": check.get("ok"),
             "outputs_rel_l2": check.get("rel_l2")})
@@ -165,7 +171,8 @@ def runtime_fit(rows: list[dict]) -> dict | None:
         errors = np.abs(design(test) @ c / np.array([r["p50_ms"] for r in test]) - 1)
         held_out[strategy] = float(errors.mean())
     return {"ms_per_gflop": float(coef[0]), "ms_per_mact": float(coef[1]),
-            "overhead_ms": float(coef[2]), "r2": r2, "left_out_error": held_out}
+            "overhead_ms": float(coef[2]), "r2": r2, "left_out_error": held_out,
+            "prediction_interval": prediction_interval(y, predicted)}
 
 
 def exponents(rows: list[dict]) -> dict[str, dict]:
@@ -190,18 +197,14 @@ def exponents(rows: list[dict]) -> dict[str, dict]:
 
 
 def fastest(rows: list[dict]) -> list[dict]:
-    """At each flops factor (not 1), the fastest strategy and its speedup over the slowest."""
+    """At each flops factor (not 1), the fastest strategy, the strategies that tie with it
+    within the measured noise, and its speedup over the slowest (`evidence.fastest_at`)."""
     out = []
     for factor in sorted({r["flops_factor"] for r in rows} - {1.0}):
         at = [r for r in rows if r["flops_factor"] == factor]
         if len(at) < 2:
             continue
-        best = min(at, key=lambda r: r["p50_ms"])
-        worst = max(at, key=lambda r: r["p50_ms"])
-        out.append({"flops_factor": factor, "fastest": best["strategy"],
-                    "fastest_ms": best["p50_ms"], "slowest": worst["strategy"],
-                    "slowest_ms": worst["p50_ms"],
-                    "speedup": worst["p50_ms"] / best["p50_ms"]})
+        out.append({"flops_factor": factor} | fastest_at(at))
     return out
 
 
@@ -210,9 +213,13 @@ def analyze_panels(rows: list[dict]) -> list[dict]:
     for (model, provider, machine, batch), panel in panels(rows).items():
         times = [r["p50_ms"] for r in panel]
         correlation = {m: pearson([r[m] for r in panel], times) for m in METRICS}
+        top = follows(correlation)
         entry = {"model": model, "provider": provider, "machine": machine, "batch": batch,
                  "cells": len(panel), "correlation": correlation,
-                 "fit": runtime_fit(panel), "fastest": fastest(panel)}
+                 "correlation_gap": correlation_gap(
+                     panel, top, "acts" if top != "acts" else "flops") if top else None,
+                 "fit": runtime_fit(panel), "fastest": fastest(panel),
+                 "noise": noise_floor(panel)}
         entry["finding"] = finding(entry)
         out.append(entry)
     return out
@@ -226,13 +233,46 @@ def finding(panel: dict) -> str:
     if top is None:
         return f"{where}: too few timed cells to correlate"
     other = "acts" if top != "acts" else "flops"  # the paper's question: flops or acts?
-    text = f"{where}: runtime follows {top} (r = {r[top]:.3f})"
-    if other in r:
-        text += f" more than {other} (r = {r[other]:.3f})"
+    gap = panel.get("correlation_gap")
+    if gap and not gap["decided"] and other in r:
+        more = (f"; about {gap['cells_needed']} cells (or tighter rounds) would tell"
+                if gap.get("cells_needed") else "")
+        text = (f"{where}: runtime follows {top} (r = {r[top]:.3f}) and {other} "
+                f"(r = {r[other]:.3f}) alike: this sweep cannot tell them apart (difference "
+                f"{gap['difference']:.3f}, 95% interval {gap['interval'][0]:.3f} to "
+                f"{gap['interval'][1]:.3f}){more}")
+    else:
+        text = f"{where}: runtime follows {top} (r = {r[top]:.3f})"
+        if other in r:
+            text += f" more than {other} (r = {r[other]:.3f})"
+            if gap:
+                text += (f", difference {gap['difference']:.3f} (95% interval "
+                         f"{gap['interval'][0]:.3f} to {gap['interval'][1]:.3f})")
     if panel["fastest"]:
-        top = panel["fastest"][-1]
-        text += (f"; at {top['flops_factor']:g}x flops {top['fastest']} is fastest, "
-                 f"{top['speedup']:.2f}x faster than {top['slowest']}")
+        text += "; " + fastest_words(panel["fastest"][-1])
+    if panel.get("noise"):
+        text += (f" (noise floor: round-to-round CV {panel['noise']['cv']:.1%} over "
+                 f"{panel['noise']['cells']} cells)")
+    return text
+
+
+def fastest_words(entry: dict) -> str:
+    """``at 4x flops dWr is fastest, 1.07x faster than w`` or, where intervals overlap,
+    ``at 4x flops dWr and w tie within the measured noise``."""
+    at = f"at {entry['flops_factor']:g}x flops"
+    if entry.get("ties"):
+        names = [entry["fastest"], *entry["ties"]]
+        listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+        text = f"{at} {listed} tie within the measured noise"
+        if entry["slowest"] not in names:
+            text += f" ({entry['fastest']} {entry['speedup']:.2f}x faster than " \
+                    f"{entry['slowest']})"
+        return text
+    text = (f"{at} {entry['fastest']} is fastest, {entry['speedup']:.2f}x faster than "
+            f"{entry['slowest']}")
+    spread = entry.get("speedup_range")
+    if spread and spread[1] > spread[0]:
+        text += f" ({spread[0]:.2f}-{spread[1]:.2f}x within the intervals)"
     return text
 
 
@@ -282,6 +322,7 @@ def compare_along(rows: list[dict], analyzed: list[dict], axis: str,
             entry[plural].append({
                 axis: member, "cells": len(cells),
                 "time_vs_reference": float(np.median(ratios)) if ratios else None,
+                "ratio_interval": ratio_interval(ratios) if member != first else None,
                 "ratio_range": [min(ratios), max(ratios)] if ratios else None,
                 "ratios": [{"strategy": s, "flops_factor": f, "ratio": v}
                            for (s, f), v in sorted(ratio.items(), key=lambda i: i[0][1])],
@@ -323,8 +364,11 @@ def comparison_finding(entry: dict, axis: str) -> str:
     for m in members[1:]:
         if m["time_vs_reference"] is not None:
             low, high = m["ratio_range"]
+            sure = m.get("ratio_interval")
             text += (f" {m[axis]} takes {m['time_vs_reference']:.2f}x the time of "
-                     f"{entry['reference']} ({low:.2f}-{high:.2f}x over the cells);")
+                     f"{entry['reference']}"
+                     + (f" (95% interval {sure[0]:.2f}-{sure[1]:.2f}x;" if sure else " (")
+                     + f" {low:.2f}-{high:.2f}x over the cells);")
     follows = {m["follows"] for m in members}
     text += (f" runtime follows {follows.pop()} on all" if len(follows) == 1 else
              " runtime follows " + ", ".join(f"{m['follows']} on {m[axis]}"
@@ -487,8 +531,9 @@ def _plot_runtime(summary: dict):
                      if (p["model"], p["provider"], p["machine"], p["batch"]) == key)
         for ax, metric in zip(row_axes, METRICS):
             for strategy, points in curves(panel).items():
-                ax.plot([p[metric] for p in points], [p["p50_ms"] for p in points], "o-",
-                        label=strategy, markersize=4)
+                ax.errorbar([p[metric] for p in points], [p["p50_ms"] for p in points],
+                            yerr=_error_bars(points), fmt="o-", label=strategy, markersize=4,
+                            capsize=2, elinewidth=1)
             r = entry["correlation"][metric]
             _log_axes(ax)
             ax.set_xlabel(metric)
@@ -499,6 +544,16 @@ def _plot_runtime(summary: dict):
         row_axes[0].legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def _error_bars(points: list[dict]) -> np.ndarray:
+    """(below, above) distances of each point's p50 to its 95% interval's ends."""
+    below, above = [], []
+    for point in points:
+        low, high = interval_of(point)
+        below.append(max(0.0, point["p50_ms"] - low))
+        above.append(max(0.0, high - point["p50_ms"]))
+    return np.array([below, above])
 
 
 def _plot_complexity(summary: dict):
@@ -545,11 +600,20 @@ def _plot_relative(summary: dict):
             f = row["flops_factor"]
             best[f] = min(best.get(f, math.inf), row["p50_ms"])
         for strategy, points in curves(panel).items():
-            ax.plot([p["flops_factor"] for p in points],
-                    [p["p50_ms"] / best[p["flops_factor"]] for p in points], "o-",
-                    label=strategy, markersize=4)
+            scale = np.array([best[p["flops_factor"]] for p in points])
+            ax.errorbar([p["flops_factor"] for p in points],
+                        [p["p50_ms"] / best[p["flops_factor"]] for p in points],
+                        yerr=_error_bars(points) / scale, fmt="o-", label=strategy,
+                        markersize=4, capsize=2, elinewidth=1)
+        for fastest_entry in entry["fastest"]:  # the band of the fastest one's own noise
+            low, high = interval_of(next(r for r in panel
+                                         if r["flops_factor"] == fastest_entry["flops_factor"]
+                                         and r["strategy"] == fastest_entry["fastest"]))
+            f = fastest_entry["flops_factor"]
+            ax.fill_between([f / 1.08, f * 1.08], low / best[f], high / best[f],
+                            color="0.8", alpha=0.6, linewidth=0)
         _factor_axis(ax, sorted(best))
-        ax.set_ylabel("runtime / fastest at that factor")
+        ax.set_ylabel("runtime / fastest at that factor\n(grey: the fastest one's 95% interval)")
         ax.set_title(_panel_title(entry), fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
@@ -603,13 +667,31 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _gap_cell(panel: dict) -> str:
+    gap = panel.get("correlation_gap")
+    if not gap:
+        return "-"
+    a, b = gap["metrics"]
+    verdict = "" if gap["decided"] else " (cannot tell)"
+    return (f"{a}−{b} {gap['difference']:.3f} [{gap['interval'][0]:.3f}, "
+            f"{gap['interval'][1]:.3f}]{verdict}")
+
+
+def _ratio_cell(member: dict) -> str:
+    sure = member.get("ratio_interval")
+    text = _fmt(member["time_vs_reference"], 2) + "x"
+    return text + (f" [{sure[0]:.2f}, {sure[1]:.2f}]" if sure else "")
+
+
 def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, shared by Markdown and HTML."""
     tables = []
     tables.append(("Correlation of log runtime with log complexity (Pearson r)",
-                   ["model", "provider", "machine", "batch", "cells", "flops", "params", "acts"],
+                   ["model", "provider", "machine", "batch", "cells", "flops", "params", "acts",
+                    "best − next (95% interval)", "noise floor"],
                    [[p["model"], p["provider"], p["machine"], str(p["batch"]), str(p["cells"]),
-                     *(_fmt(p["correlation"][m]) for m in METRICS)]
+                     *(_fmt(p["correlation"][m]) for m in METRICS), _gap_cell(p),
+                     f"{p['noise']['cv']:.1%}" if p.get("noise") else "-"]
                     for p in summary["panels"]]))
     fit_rows = []
     for p in summary["panels"]:
@@ -617,34 +699,37 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         if fit is None:
             continue
         left = ", ".join(f"{s} {e:.1%}" for s, e in fit["left_out_error"].items())
+        pred = fit.get("prediction_interval")
         fit_rows.append([p["model"], p["provider"], p["machine"], str(p["batch"]),
                          _fmt(fit["ms_per_gflop"]), _fmt(fit["ms_per_mact"]),
-                         _fmt(fit["overhead_ms"]), _fmt(fit["r2"]), left])
+                         _fmt(fit["overhead_ms"]), _fmt(fit["r2"]),
+                         f"±{pred:.1%}" if pred is not None else "-", left])
     tables.append(("Fit: runtime ≈ a·GFLOPs + b·M acts + c (a, b, c ≥ 0)",
                    ["model", "provider", "machine", "batch", "a ms/GF", "b ms/Mact", "c ms",
-                    "R²", "error with the strategy left out"], fit_rows))
-    tables.append(("Fastest strategy at each flops factor",
+                    "R²", "95% prediction", "error with the strategy left out"], fit_rows))
+    tables.append(("Fastest strategy at each flops factor (ties: intervals overlap)",
                    ["model", "provider", "machine", "batch", "factor", "fastest", "ms",
-                    "slowest", "ms", "speedup"],
+                    "ties within noise", "slowest", "ms", "speedup"],
                    [[p["model"], p["provider"], p["machine"], str(p["batch"]),
                      f"{f['flops_factor']:g}x", f["fastest"], _fmt(f["fastest_ms"], 2),
+                     ", ".join(f.get("ties") or []) or "-",
                      f["slowest"], _fmt(f["slowest_ms"], 2), f"{f['speedup']:.2f}x"]
                     for p in summary["panels"] for f in p["fastest"]]))
     tables.append(("Machines compared (time relative to the reference, the first of a group)",
-                   ["model", "provider", "batch", "machine", "cells", "time vs first",
-                    "range", "runtime follows", "fastest per factor"],
+                   ["model", "provider", "batch", "machine", "cells",
+                    "time vs first [95%]", "range", "runtime follows", "fastest per factor"],
                    [[e["model"], e["provider"], str(e["batch"]), m["machine"], str(m["cells"]),
-                     _fmt(m["time_vs_reference"], 2) + "x",
+                     _ratio_cell(m),
                      "-" if not m["ratio_range"] else
                      f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
                      f"{m['follows']} (r = {_fmt(m['r'])})",
                      ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
                     for e in summary["machines_compared"] for m in e["machines"]]))
     tables.append(("Providers compared (time relative to the first provider of a group)",
-                   ["model", "machine", "batch", "provider", "cells", "time vs first",
-                    "range", "runtime follows", "fastest per factor"],
+                   ["model", "machine", "batch", "provider", "cells",
+                    "time vs first [95%]", "range", "runtime follows", "fastest per factor"],
                    [[e["model"], e["machine"], str(e["batch"]), m["provider"], str(m["cells"]),
-                     _fmt(m["time_vs_reference"], 2) + "x",
+                     _ratio_cell(m),
                      "-" if not m["ratio_range"] else
                      f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
                      f"{m['follows']} (r = {_fmt(m['r'])})",

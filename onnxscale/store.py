@@ -222,6 +222,13 @@ class ResultStore:
             [key[k] for k in CELL_KEY]).fetchone()
         return found["status"] if found else None
 
+    def cell(self, key: dict) -> dict | None:
+        """One stored sweep cell, or None."""
+        found = self._conn.execute(
+            f"SELECT data FROM sweep_cells WHERE {' AND '.join(f'{k} = ?' for k in CELL_KEY)}",
+            [key[k] for k in CELL_KEY]).fetchone()
+        return json.loads(found["data"]) if found else None
+
     def cells(self, *, base: str | None = None, fingerprint: str | None = None) -> list[dict]:
         """Stored sweep cells, oldest first (``base``: substring of the base model's name or
         prefix of its hash; ``fingerprint``: prefix of the machine id)."""

@@ -124,27 +124,43 @@ class Sweep:
 
     def run(self, models: list[str], strategies: list[Strategy],
             factors: list[float]) -> SweepResult:
+        """Every cell, ``settings.rounds`` times: round after round over the whole sweep,
+        the order of (strategy, factor) reversed in odd rounds (A B B A), so slow minutes of
+        the machine do not all land on one strategy.  A cell's rounds are part of its stored
+        state: a rerun adds the missing ones."""
+        from .runtime.rounds import run_order
+
         jobs = sweep_jobs(strategies, factors)
         per_job = len(self.providers) * len(self.batches)
-        self.total = len(models) * len(jobs) * per_job
-        for spec in models:
-            loaded = load_model(spec, seed=self.settings.seed)
-            self._run_model(loaded, jobs)
+        rounds = max(1, self.settings.rounds)
+        self.total = len(models) * len(jobs) * per_job * rounds
+        loaded = [load_model(spec, seed=self.settings.seed) for spec in models]
+        planners: dict[int, object] = {}
+        for round_index in range(rounds):
+            for index, model in enumerate(loaded):
+                self._run_model(model, run_order(jobs, round_index), round_index, planners,
+                                index)
         return self.result
 
     # ---- one base model ---------------------------------------------------------------------
-    def _run_model(self, loaded: LoadedModel, jobs: list[tuple[Strategy, float]]) -> None:
+    def _run_model(self, loaded: LoadedModel, jobs: list[tuple[Strategy, float]],
+                   round_index: int = 0, planners: dict | None = None, index: int = 0) -> None:
         from .scaling.pipeline import Planner
 
         base_hash = model_hash(loaded)
-        planner = Planner(loaded.proto, self.settings.input_shapes)  # base analyzed once
+        planners = {} if planners is None else planners
+        if index not in planners:  # the base is analyzed once, whatever the rounds
+            planners[index] = Planner(loaded.proto, self.settings.input_shapes)
+        planner = planners[index]
         for strategy, factor in jobs:
-            pending = self._pending(base_hash, strategy, factor)
+            pending = self._pending(base_hash, strategy, factor, round_index)
             self.result.skipped += len(self.providers) * len(self.batches) - len(pending)
             self.handled += len(self.providers) * len(self.batches) - len(pending)
             if not pending:
                 continue
             label = f"{loaded.source} {strategy.name} x{factor:g}"
+            if self.settings.rounds > 1:
+                label += f" (round {round_index + 1}/{self.settings.rounds})"
             self._report(f"{label}: scaling")
             facts = job_facts(loaded.source, base_hash, strategy, factor)
             if factor == 1:
@@ -161,12 +177,19 @@ class Sweep:
                 if path is not None and self.keep is None:
                     shutil.rmtree(path.parent, ignore_errors=True)
 
-    def _pending(self, base_hash: str, strategy: Strategy, factor: float) -> list[dict]:
-        """The cells of one (strategy, factor) still to do, as store keys."""
+    def _pending(self, base_hash: str, strategy: Strategy, factor: float,
+                 round_index: int = 0) -> list[dict]:
+        """The cells of one (strategy, factor) still to do in this round, as store keys:
+        never finished, or timed in fewer rounds than this one needs."""
         machine = {"fingerprint": self.fingerprint["id"]}
-        return [key | machine
-                for key in self._cell_keys(base_hash, strategy, factor, self.providers)
-                if not self._settled(self.store.cell_status(key | machine))]
+        pending = []
+        for key in self._cell_keys(base_hash, strategy, factor, self.providers):
+            stored = self.store.cell(key | machine)
+            status = stored.get("status") if stored else None
+            if not self._settled(status) or (
+                    status == "ok" and rounds_done(stored) <= round_index):
+                pending.append(key | machine)
+        return pending
 
     def _cell_keys(self, base_hash: str, strategy: Strategy, factor: float,
                    providers: list[str]) -> list[dict]:
@@ -192,6 +215,7 @@ class Sweep:
                                lambda key: self._report(
                                    f"{label}: {short_name(key['provider'])} batch "
                                    f"{key['batch']}")):
+            cell = with_earlier_rounds(cell, self.store.cell(cell))
             self.store.save_cell(cell)
             self.result.done += 1
             self.result.cells.append(cell)
@@ -207,6 +231,26 @@ class Sweep:
     def _report(self, what: str) -> None:
         if self.progress is not None:
             self.progress(self.handled, self.total, what)
+
+
+def rounds_done(cell: dict | None) -> int:
+    """How many rounds a stored cell was timed in (0 when it was not timed)."""
+    if not cell or cell.get("status") != "ok":
+        return 0
+    return len((cell.get("bench") or {}).get("rounds") or [None])
+
+
+def with_earlier_rounds(cell: dict, stored: dict | None) -> dict:
+    """A newly timed cell merged with the rounds its stored version already holds."""
+    from .runtime.rounds import combine
+    from .runtime.row import Row
+
+    if not stored or stored.get("status") != "ok" or cell.get("status") != "ok":
+        return cell
+    if not stored.get("bench") or not cell.get("bench"):
+        return cell
+    merged = combine(Row.from_dict(stored["bench"]), Row.from_dict(cell["bench"]))
+    return cell | {"bench": merged.to_dict(), "p50_ms": merged.p50_ms}
 
 
 def sweep_jobs(strategies: list[Strategy], factors: list[float]) -> list[tuple[Strategy, float]]:
@@ -253,7 +297,10 @@ def time_cells(loaded: LoadedModel, path: Path | None, pending: list[dict], fact
                settings: BenchSettings, store=None, before=None):
     """Time the model (the base, or the scaled one at ``path``) on every pending (provider,
     batch): one finished cell (a dict) at a time."""
+    import dataclasses
+
     model = loaded if path is None else load_model(str(path))
+    settings = dataclasses.replace(settings, rounds=1)  # the sweep runs its own rounds
     for key in pending:
         if before is not None:
             before(key)

@@ -70,6 +70,10 @@ def timing_options(default_batch: str | None, batch_help: str):
                      help="Warm-up runs; auto = until the recent median settles."),
         click.option("--runs", default=None, metavar="N",
                      help="Timed runs per configuration."),
+        click.option("--rounds", default="1", show_default=True, metavar="N",
+                     help="Time every configuration N times, each a fresh session, rounds "
+                          "interleaved A B B A so drift in the machine's speed does not land "
+                          "on one; the p50's 95% interval covers the rounds' spread."),
         click.option("--seconds", default=None, metavar="S",
                      help="Time budget per configuration instead of --runs (default 3 s, "
                           ">= 5 runs)."),
@@ -110,7 +114,8 @@ def settings_from(providers: list[str], values: dict, debug: bool):
                          input_shapes=values["input_shapes"], cache_dir=values["cache_dir"],
                          check_outputs=values["check_outputs"],
                          output_tolerance=values["output_tolerance"],
-                         ep_libraries=values["ep_libraries"], debug=debug)
+                         ep_libraries=values["ep_libraries"], rounds=values["rounds"],
+                         debug=debug)
 
 
 def positive_multiplier(ctx, param, value):

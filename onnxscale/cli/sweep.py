@@ -71,6 +71,8 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
         if accelerator_types else []
     if (each_machine or types) and not ray_address:
         raise UsageError("--each-machine and --accelerator-type need --ray")
+    if ray_address and settings.rounds > 1:
+        raise UsageError("--rounds is for local sweeps: with --ray each cell is timed once")
     if ray_address and keep is not None:
         raise UsageError("--keep-models is for local sweeps: with --ray, scaled models are "
                          "made on the node that measures them")

@@ -32,6 +32,7 @@ from .providers import (CPU, availability, parse_provider_options, parse_provide
                         resolve_provider, short_name)
 from .row import Row
 from .dispatch import Dispatcher
+from .rounds import combine, run_order
 from .settings import BenchSettings, key_options
 
 __all__ = [
@@ -104,29 +105,60 @@ def run_bench(models: list[str] | list[LoadedModel], providers: list[str],
 def _measure_plan(plan, dispatcher: Dispatcher, report: BenchReport, fp: dict, store,
                   resume: bool, progress: ProgressFn | None,
                   on_row: Callable[[Row], None] | None) -> None:
+    """Time every configuration ``settings.rounds`` times, rounds interleaved A B B A (see
+    `rounds`); each configuration's row is saved after every round, so an interruption keeps
+    the rounds done and ``resume`` adds only the missing ones."""
     settings = dispatcher.settings
-    for index, (model, digest, prepared, provider) in enumerate(plan):
-        desc = f"{model.source} · {short_name(provider)} · batch {prepared.batch}"
-        if progress is not None:
-            progress(index, len(plan), desc, "starting", None)
-        row = None
-        if resume and store is not None:
+    wanted = max(1, settings.rounds)
+    rows: list[Row | None] = [None] * len(plan)
+    if resume and store is not None:
+        for index, (model, digest, prepared, provider) in enumerate(plan):
             options = key_options(provider, prepared, settings)
             stored = store.get(digest, provider, options, prepared.batch, fp["id"])
             if stored is not None and stored.available:
-                row = dataclasses.replace(stored, cached=True)
-        if row is None:
-            def phase(name: str, fraction: float | None, _i=index, _d=desc) -> None:
+                rows[index] = dataclasses.replace(stored, cached=True)
+    needed = [wanted - _rounds_in(row) for row in rows]
+    total = sum(max(0, n) for n in needed)
+    done = 0
+    for round_index in range(wanted):
+        for index in run_order(range(len(plan)), round_index):
+            if needed[index] <= round_index:
+                continue
+            model, digest, prepared, provider = plan[index]
+            desc = f"{model.source} · {short_name(provider)} · batch {prepared.batch}"
+            if wanted > 1:
+                desc += f" · round {round_index + 1}/{wanted}"
+            if progress is not None:
+                progress(done, total, desc, "starting", None)
+
+            def phase(name: str, fraction: float | None, _d=desc, _done=done) -> None:
                 if progress is not None:
-                    progress(_i, len(plan), _d, name, fraction)
+                    progress(_done, total, _d, name, fraction)
 
             row = dispatcher.measure(model, digest, prepared, provider, progress=phase)
             row.fingerprint = fp["id"]
             row.measured_at = time.time()
+            previous = rows[index]
+            if previous is not None and previous.available and row.available:
+                row = combine(previous, row)
+            elif previous is not None and previous.available:
+                row = previous  # a round that failed does not undo the rounds that ran
+                row.notes.append(f"round {round_index + 1} could not run")
+            rows[index] = row
             if store is not None:
                 store.save(row)
-        report.rows.append(row)
-        if on_row is not None:
+            done += 1
+            if progress is not None:
+                progress(done, total, desc, "done", None)
+            if needed[index] == round_index + 1 and on_row is not None:
+                on_row(row)
+    for row in rows:
+        report.rows.append(row)  # type: ignore[arg-type]
+        if row is not None and row.cached and on_row is not None:
             on_row(row)
-        if progress is not None:
-            progress(index + 1, len(plan), desc, "done", None)
+
+
+def _rounds_in(row: Row | None) -> int:
+    if row is None or not row.available:
+        return 0
+    return len(row.rounds or [None])

@@ -21,11 +21,13 @@ UNITS = {**{name: "ms" for name in METRICS if name.endswith("_ms")},
          "session_create_ms": "ms", "first_run_ms": "ms", "engine_build_ms": "ms",
          "cv": "ratio (std / mean)", "throughput": "items/s", "runs": "count",
          "warmup_runs": "count", "peak_host_mb": "MiB", "measured_at": "s since the epoch",
-         "batch": "items", "threads": "count"}
+         "batch": "items", "threads": "count", "p50_ci_ms": "ms (95% interval)",
+         "raw_times": "ms, float32, zlib, base64"}
 
 # the columns of ``results --csv`` and a report's rows.csv, in order
 CSV_COLUMNS = ("model", "model_hash", "provider", "environment", "batch", "precision",
-               "threads", "status", *METRICS, "session_create_ms", "first_run_ms",
+               "threads", "status", *METRICS, "p50_ci_low_ms", "p50_ci_high_ms",
+               "rounds_done", "unstable", "unstable_reasons", "session_create_ms", "first_run_ms",
                "engine_build_ms", "peak_host_mb", "nodes_on_provider", "nodes_total",
                "flops_share_on_provider", "outputs_rel_l2", "outputs_ok", "ort_version",
                "fingerprint", "measured_at", "reason")
@@ -79,6 +81,10 @@ class Row:
                                       # name, or plugin:PACKAGE
     placement: dict | None = None     # nodes per provider (`placement.summarize`)
     output_check: dict | None = None  # agreement with the CPU fp32 reference (`agreement`)
+    p50_ci_ms: list[float] | None = None  # 95% interval of p50 (`uncertainty`)
+    rounds: list[dict] | None = None  # one entry per round: p50_ms, runs, cv, steal, when
+    stability: dict | None = None     # unstable?, reasons (`uncertainty.stability`)
+    raw_times: str | None = None      # every run's time, packed (`uncertainty.pack_times`)
     fingerprint: str | None = None    # the machine's fingerprint id
     measured_at: float | None = None  # seconds since the epoch
     cached: bool = False              # taken from the store (bench --resume), not measured now
@@ -117,7 +123,12 @@ class Row:
         values = {**self.to_dict(), "nodes_on_provider": placement.get("on_provider"),
                   "nodes_total": placement.get("total"),
                   "flops_share_on_provider": placement.get("flops_share"),
-                  "outputs_rel_l2": check.get("rel_l2"), "outputs_ok": check.get("ok")}
+                  "outputs_rel_l2": check.get("rel_l2"), "outputs_ok": check.get("ok"),
+                  "p50_ci_low_ms": (self.p50_ci_ms or [None, None])[0],
+                  "p50_ci_high_ms": (self.p50_ci_ms or [None, None])[1],
+                  "rounds_done": len(self.rounds) if self.rounds else None,
+                  "unstable": (self.stability or {}).get("unstable"),
+                  "unstable_reasons": "; ".join((self.stability or {}).get("reasons", []))}
         return {name: values.get(name) for name in CSV_COLUMNS}
 
     def update_metrics(self, stats: dict[str, float]) -> None:

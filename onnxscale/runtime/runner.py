@@ -45,7 +45,9 @@ from .session import (Runner, capture_native_output, create_session, ort_message
                       preload_cuda_libraries, provider_chain, session_options)
 from .settings import (DEFAULT_SECONDS, BenchSettings, key_options, precision_note,
                        uses_fp16_model)
-from .timing import peak_memory_mb, reset_peak_memory, summarize, time_runs, warm_up
+from .rounds import first_round
+from .timing import peak_memory_mb, reset_peak_memory, time_runs, warm_up
+from .uncertainty import read_steal, steal_share
 
 
 _PROVIDER_ERROR_RE = re.compile(r"ExecutionProvider|EP Error|EPFail|CUDA|cuda|cuDNN|cudnn|TensorRT|"
@@ -188,6 +190,7 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
                              f"dynamic batch dim")
             return row
 
+    steal_before = read_steal()
     try:
         report("warm-up")
         warm, warm_ok = warm_up(runner.call, settings.warmup, settings.warmup_max_seconds,
@@ -206,7 +209,8 @@ def measure(prepared: PreparedModel, provider: str, settings: BenchSettings, *, 
         row.status = "failed"
         row.reason = f"run failed: {ort_message(exc)}"
         return row
-    row.update_metrics(summarize(times, prepared.batch))
+    first_round(row, [t * 1000.0 for t in times], steal_share(steal_before, read_steal()),
+                time.time())
     row.warmup_runs = len(warm)
     row.warmup_settled = warm_ok
     if not warm_ok:

@@ -53,6 +53,7 @@ class BenchSettings:
     warmup_max_seconds: float = WARMUP_MAX_SECONDS
     min_runs: int = MIN_RUNS
     check_outputs: bool = True            # compare outputs with the CPU fp32 reference
+    rounds: int = 1                       # times each configuration is timed (`rounds`)
     output_tolerance: float | None = None  # relative L2; None = agreement.TOLERANCE
 
 
@@ -131,7 +132,7 @@ def make_settings(providers: list[str], *, threads=None, precision: str = "fp32"
                   warmup="auto", runs=None, seconds=None, io_binding: bool | None = None,
                   cuda_graph: bool = False, provider_options=(), input_shapes=(),
                   cache_dir=None, check_outputs: bool = True, output_tolerance=None,
-                  ep_libraries=(), debug: bool = False) -> BenchSettings:
+                  ep_libraries=(), rounds=1, debug: bool = False) -> BenchSettings:
     """`BenchSettings` from the values ``bench`` and ``sweep`` take on the command line (and
     the API passes on): every value checked, a bad one refused in one line."""
     from ..model import parse_input_shapes
@@ -176,4 +177,5 @@ def make_settings(providers: list[str], *, threads=None, precision: str = "fp32"
         input_shapes=input_shapes if isinstance(input_shapes, dict)
         else parse_input_shapes(tuple(input_shapes or ())),
         cache_dir=Path(cache_dir) if cache_dir else None, capture_log=not debug,
-        check_outputs=check_outputs, output_tolerance=tolerance)
+        check_outputs=check_outputs, output_tolerance=tolerance,
+        rounds=positive_int(rounds, "--rounds") or 1)
