@@ -171,9 +171,12 @@ def print_sweep(result, db_path, console: Console | None = None,
 
     console = console or Console()
     several = len({c.get("fingerprint") for c in result.cells}) > 1
-    table = Table(title=f"sweep: {result.done} cell(s) measured, {result.skipped} already "
-                        f"done, {result.failed} failed", title_justify="left",
-                  box=box.SIMPLE_HEAD)
+    distinct = {(c["base_hash"], c["strategy"], c["factor"], c["provider"], c["batch"])
+                for c in result.cells if c["status"] != "failed"}
+    measured = (f"{result.done} cell(s) measured" if len(distinct) == result.done else
+                f"{len(distinct)} cell(s) measured in {result.done} rounds in all")
+    table = Table(title=f"sweep: {measured}, {result.skipped} already done, {result.failed} "
+                        f"failed", title_justify="left", box=box.SIMPLE_HEAD)
     columns: list[tuple[str, str]] = []   # (provider and batch, machine or "")
     rows: dict[tuple, dict] = {}
     for cell in result.cells:
@@ -183,7 +186,9 @@ def print_sweep(result, db_path, console: Console | None = None,
                   _machine_name(cell.get("fingerprint"), machines or {}) if several else "")
         if column not in columns:
             columns.append(column)
-        entry["p50"][column] = (f"{cell['p50_ms']:.2f}" if cell.get("p50_ms") else
+        ci = (cell.get("bench") or {}).get("p50_ci_ms")
+        spread = f" ±{(ci[1] - ci[0]) / 2:.2f}" if ci and cell.get("p50_ms") else ""
+        entry["p50"][column] = (f"{cell['p50_ms']:.2f}{spread}" if cell.get("p50_ms") else
                                 cell["status"])
     for name in ("model", "strategy", "factor", "flops", "acts"):
         table.add_column(name, justify="left" if name in ("model", "strategy") else "right")

@@ -213,11 +213,11 @@ def analyze_panels(rows: list[dict]) -> list[dict]:
     for (model, provider, machine, batch), panel in panels(rows).items():
         times = [r["p50_ms"] for r in panel]
         correlation = {m: pearson([r[m] for r in panel], times) for m in METRICS}
-        top = follows(correlation)
+        top, runner_up = (ranked(correlation) + [None, None])[:2]
         entry = {"model": model, "provider": provider, "machine": machine, "batch": batch,
                  "cells": len(panel), "correlation": correlation,
-                 "correlation_gap": correlation_gap(
-                     panel, top, "acts" if top != "acts" else "flops") if top else None,
+                 "correlation_gap": correlation_gap(panel, top, runner_up)
+                 if top and runner_up else None,
                  "fit": runtime_fit(panel), "fastest": fastest(panel),
                  "noise": noise_floor(panel)}
         entry["finding"] = finding(entry)
@@ -232,8 +232,8 @@ def finding(panel: dict) -> str:
     top = follows(panel["correlation"])
     if top is None:
         return f"{where}: too few timed cells to correlate"
-    other = "acts" if top != "acts" else "flops"  # the paper's question: flops or acts?
     gap = panel.get("correlation_gap")
+    other = gap["metrics"][1] if gap else ("acts" if top != "acts" else "flops")
     if gap and not gap["decided"] and other in r:
         more = (f"; about {gap['cells_needed']} cells (or tighter rounds) would tell"
                 if gap.get("cells_needed") else "")
@@ -274,6 +274,12 @@ def fastest_words(entry: dict) -> str:
     if spread and spread[1] > spread[0]:
         text += f" ({spread[0]:.2f}-{spread[1]:.2f}x within the intervals)"
     return text
+
+
+def ranked(correlation: dict) -> list[str]:
+    """The metrics by how well runtime follows them, best first."""
+    r = {m: v for m, v in correlation.items() if v is not None}
+    return sorted(r, key=r.get, reverse=True)
 
 
 def follows(correlation: dict) -> str | None:

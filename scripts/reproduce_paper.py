@@ -13,7 +13,11 @@ the paper and where this hardware differs:
 - which strategy is fastest at 16x flops.
 
     python scripts/reproduce_paper.py [--db paper.db] [-o paper-report] [--runs 10]
-        [--threads 1] [--models zoo:efficientnet-b0,...] [--flops 1x,2x,4x,8x,16x]
+        [--rounds 3] [--threads 1] [--models zoo:efficientnet-b0,...] [--flops 1x,2x,...]
+
+With ``--rounds N`` every cell is timed N times, interleaved, and each finding says how sure
+it is: whether the metric runtime follows is told apart from the other at 95%, and which
+strategies tie within the measured noise.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ def main() -> None:
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--flops", default="1x,2x,4x,8x,16x")
     parser.add_argument("--runs", default="10")
+    parser.add_argument("--rounds", default="1")
     parser.add_argument("--threads", default="1")
     parser.add_argument("--provider", default=None, help="default: every available one")
     args = parser.parse_args()
@@ -67,8 +72,8 @@ def main() -> None:
           f"(database {args.db}; rerun to resume)", flush=True)
     sweep = json.loads(onnxscale("sweep", *args.models.split(","), "--strategy", STRATEGIES,
                                  "--flops", args.flops, "--provider", providers, "--runs",
-                                 args.runs, "--threads", args.threads, "--db", args.db,
-                                 "--json"))
+                                 args.runs, "--rounds", args.rounds, "--threads", args.threads,
+                                 "--db", args.db, "--json"))
     print(f"cells: {sweep['done']} measured, {sweep['skipped']} already done, "
           f"{sweep['failed']} failed")
     onnxscale("report", "--db", args.db, "-o", args.output, "--json")
@@ -94,14 +99,24 @@ def compare(summary: dict) -> None:
         r = {k: v for k, v in panel["correlation"].items() if v is not None}
         best = max(r, key=r.get) if r else None
         gpu = panel["provider"] in ("cuda", "tensorrt", "rocm", "migraphx", "dml")
+        gap = panel.get("correlation_gap") or {}
+        sure = "told apart at 95%" if gap.get("decided") else "NOT told apart at 95%"
         if best is None:
             verdict = "too few cells"
         elif gpu:
-            verdict = "agrees" if best == "acts" else f"differs: {best}, not acts"
+            verdict = ("agrees" if best == "acts" else f"differs: {best}, not acts") + \
+                f"; {sure}"
         else:
             verdict = (f"not a GPU: the paper's finding does not apply; here {best} predicts "
-                       f"best")
+                       f"best, {sure}")
         print(f"- {panel['finding']} [{verdict}]")
+    print("\nfastest strategy per factor (ties: 95% intervals overlap):")
+    for panel in summary["panels"]:
+        for entry in panel["fastest"]:
+            ties = entry.get("ties") or []
+            print(f"  {panel['model']} {panel['provider']} {entry['flops_factor']:g}x: "
+                  + (f"{entry['fastest']} tie with {', '.join(ties)}" if ties else
+                     f"{entry['fastest']} ({entry['speedup']:.2f}x over {entry['slowest']})"))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ statistic can be recomputed later.
 from __future__ import annotations
 
 import base64
+import math
 import zlib
 
 import numpy as np
@@ -63,14 +64,19 @@ def median_interval(rounds: list, level: float = LEVEL, draws: int = BOOTSTRAP,
     for i, times in enumerate(series):
         picks = rng.integers(0, len(times), size=(draws, len(times)))
         per_round[i] = np.median(times[picks], axis=1)
+    estimate = float(np.median(medians))
     if len(series) == 1:
         estimates = per_round[0]
     else:
         chosen = rng.integers(0, len(series), size=(draws, len(series)))
         estimates = np.median(per_round[chosen, np.arange(draws)[:, None]], axis=1)
+        # resampling k rounds underestimates their spread by (k - 1) / k in variance: widen
+        # the draws about the estimate by the usual small-sample correction
+        k = len(series)
+        estimates = estimate + (estimates - estimate) * math.sqrt(k / (k - 1))
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(estimates, [tail, 100 - tail])
-    return float(np.median(medians)), float(low), float(high)
+    return estimate, float(min(low, estimate)), float(max(high, estimate))
 
 
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
