@@ -171,8 +171,8 @@ def print_sweep(result, db_path, console: Console | None = None,
 
     console = console or Console()
     several = len({c.get("fingerprint") for c in result.cells}) > 1
-    distinct = {(c["base_hash"], c["strategy"], c["factor"], c["provider"], c["batch"])
-                for c in result.cells if c["status"] != "failed"}
+    distinct = {(c.get("base_hash", c["base"]), c["strategy"], c["factor"], c["provider"],
+                 c["batch"], c.get("fingerprint")) for c in result.cells if c["status"] != "failed"}
     measured = (f"{result.done} cell(s) measured" if len(distinct) == result.done else
                 f"{len(distinct)} cell(s) measured in {result.done} rounds in all")
     table = Table(title=f"sweep: {measured}, {result.skipped} already done, {result.failed} "
