@@ -208,6 +208,58 @@ def fastest(rows: list[dict]) -> list[dict]:
     return out
 
 
+def equal_runtime(rows: list[dict], levels: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)
+                  ) -> list[dict]:
+    """Strategies compared at matched *measured* runtime: at ``level`` times the base
+    model's p50, the flops and params each strategy's model would have, interpolated in
+    log-log along its measured curve (runtime grows with flops along a strategy); a level is
+    kept only where every strategy's curve spans it.  The paper compares at equal flops; on
+    a given machine what matters is which strategy gives the most model per millisecond."""
+    base = [r for r in rows if r["strategy"] == "base" and r["p50_ms"]]
+    if not base:
+        return []
+    base_ms = base[0]["p50_ms"]
+    out = []
+    for level in levels:
+        target = base_ms * level
+        at = {}
+        for strategy, points in curves(rows).items():
+            timed = sorted((p for p in points if p["p50_ms"]), key=lambda p: p["p50_ms"])
+            times = [p["p50_ms"] for p in timed]
+            if len(timed) < 2 or not times[0] <= target <= times[-1]:
+                at = None
+                break
+            at[strategy] = _along(timed, target)
+        if not at or len(at) < 2:
+            continue
+        best = max(at, key=lambda s: at[s]["flops"])
+        least = min(at, key=lambda s: at[s]["flops"])
+        ties = [s for s in at if s != best and at[s]["flops_interval"][1]
+                >= at[best]["flops_interval"][0]]
+        out.append({"runtime_factor": level, "runtime_ms": target, "by_strategy": at,
+                    "most_flops": best, "least_flops": least, "ties": ties,
+                    "flops_ratio": at[best]["flops"] / at[least]["flops"]})
+    return out
+
+
+def _along(timed: list[dict], target: float) -> dict:
+    """Flops, params and acts at runtime ``target`` along one strategy's measured points
+    (log-log interpolation), and the flops interval the points' 95% p50 intervals allow (the
+    curve read at its interval's ends)."""
+    def read(times: list[float], key: str) -> float:
+        order = np.argsort(times)
+        x = np.log(np.asarray(times)[order])
+        y = np.log(np.asarray([p[key] for p in timed])[order])
+        return float(np.exp(np.interp(math.log(target), x, y)))
+
+    times = [p["p50_ms"] for p in timed]
+    fast = [(p.get("p50_ci") or [p["p50_ms"]] * 2)[0] for p in timed]
+    slow = [(p.get("p50_ci") or [p["p50_ms"]] * 2)[1] for p in timed]
+    found = {key: read(times, key) for key in ("flops", "params", "acts")}
+    # a slower reading of the curve reaches fewer flops in the same time
+    return found | {"flops_interval": sorted([read(slow, "flops"), read(fast, "flops")])}
+
+
 def analyze_panels(rows: list[dict]) -> list[dict]:
     out = []
     for (model, provider, machine, batch), panel in panels(rows).items():
@@ -219,7 +271,7 @@ def analyze_panels(rows: list[dict]) -> list[dict]:
                  "correlation_gap": correlation_gap(panel, top, runner_up)
                  if top and runner_up else None,
                  "fit": runtime_fit(panel), "fastest": fastest(panel),
-                 "noise": noise_floor(panel)}
+                 "equal_runtime": equal_runtime(panel), "noise": noise_floor(panel)}
         entry["finding"] = finding(entry)
         out.append(entry)
     return out
@@ -250,6 +302,13 @@ def finding(panel: dict) -> str:
                          f"{gap['interval'][0]:.3f} to {gap['interval'][1]:.3f})")
     if panel["fastest"]:
         text += "; " + fastest_words(panel["fastest"][-1])
+    if panel.get("equal_runtime"):
+        level = panel["equal_runtime"][-1]
+        text += (f"; at {level['runtime_factor']:g}x the base model's runtime "
+                 f"{level['most_flops']} reaches the most flops, "
+                 f"{level['flops_ratio']:.2f}x {level['least_flops']}'s"
+                 + (f" (tie within the measured noise with {', '.join(level['ties'])})"
+                    if level["ties"] else ""))
     if panel.get("noise"):
         text += (f" (noise floor: round-to-round CV {panel['noise']['cv']:.1%} over "
                  f"{panel['noise']['cells']} cells)")
@@ -435,6 +494,7 @@ def summarize(cells: list[dict], machines: dict[str, str], reference: str | None
             "correlation": [keyed(p) | p["correlation"] for p in analyzed],
             "fit": [keyed(p) | (p["fit"] or {}) for p in analyzed],
             "fastest": [keyed(p) | f for p in analyzed for f in p["fastest"]],
+            "equal_runtime": [keyed(p) | e for p in analyzed for e in p["equal_runtime"]],
             "findings": [p["finding"] for p in analyzed], "machines": machines,
             "machines_compared": compare_machines(rows, analyzed, reference),
             "providers_compared": compare_providers(rows, analyzed)}
@@ -721,6 +781,19 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      ", ".join(f.get("ties") or []) or "-",
                      f["slowest"], _fmt(f["slowest_ms"], 2), f"{f['speedup']:.2f}x"]
                     for p in summary["panels"] for f in p["fastest"]]))
+    tables.append(("At equal measured runtime: flops each strategy reaches (interpolated "
+                   "along its measured curve)",
+                   ["model", "provider", "machine", "batch", "runtime", "most flops",
+                    "flops by strategy", "params by strategy"],
+                   [[p["model"], p["provider"], p["machine"], str(p["batch"]),
+                     f"{e['runtime_factor']:g}x base ({e['runtime_ms']:.1f} ms)",
+                     f"{e['most_flops']} ({e['flops_ratio']:.2f}x {e['least_flops']})"
+                     + (f"; ties: {', '.join(e['ties'])}" if e["ties"] else ""),
+                     ", ".join(f"{s} {v['flops'] / 1e6:,.0f}M"
+                               for s, v in e["by_strategy"].items()),
+                     ", ".join(f"{s} {v['params'] / 1e6:.2f}M"
+                               for s, v in e["by_strategy"].items())]
+                    for p in summary["panels"] for e in p.get("equal_runtime", [])]))
     tables.append(("Machines compared (time relative to the reference, the first of a group)",
                    ["model", "provider", "batch", "machine", "cells",
                     "time vs first [95%]", "range", "runtime follows", "fastest per factor"],

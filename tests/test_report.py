@@ -233,3 +233,34 @@ def test_providers_compared_and_empty_sections_left_out(tmp_path):
     with open(tmp_path / "out" / "rows.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(summary["rows"]) and {"p50_ms", "provider", "flops"} <= rows[0].keys()
+
+
+def test_equal_runtime_interpolates_each_strategy_at_matched_measured_runtime():
+    """Two strategies with known power laws: runtime = 10 ms · f^0.5 (cheap per flop) and
+    10 ms · f^1; at 2x and 4x the base runtime the first reaches f = 4 and 16, the second
+    f = 2 and 4, so it gives the most flops; 8x the base runtime lies beyond the second's
+    curve, so that level is left out."""
+    from onnxscale.reporting import equal_runtime
+
+    def row(strategy, factor, ms):
+        return {"strategy": strategy, "flops_factor": factor, "p50_ms": ms,
+                "flops": 1e9 * factor, "params": 1e6 * factor, "acts": 1e6 * factor}
+
+    rows = [row("base", 1.0, 10.0)]
+    for factor in (2.0, 4.0, 8.0, 16.0):
+        rows.append(row("w", factor, 10.0 * factor ** 0.5))
+        rows.append(row("d", factor, 10.0 * factor))
+    found = equal_runtime(rows)
+    assert [e["runtime_factor"] for e in found] == [2.0, 4.0, 8.0, 16.0][:len(found)]
+    assert [e["runtime_factor"] for e in found] == [2.0, 4.0]
+    first, second = found
+    assert first["by_strategy"]["w"]["flops"] == pytest.approx(4e9)
+    assert first["by_strategy"]["d"]["flops"] == pytest.approx(2e9)
+    assert second["by_strategy"]["w"]["flops"] == pytest.approx(16e9)
+    assert second["most_flops"] == "w" and second["least_flops"] == "d"
+    assert second["flops_ratio"] == pytest.approx(4.0)
+    assert second["ties"] == []
+    # measured with wide intervals, the same curves cannot be told apart
+    for item in rows:
+        item["p50_ci"] = [item["p50_ms"] / 2, item["p50_ms"] * 2]
+    assert equal_runtime(rows)[1]["ties"] == ["d"]
