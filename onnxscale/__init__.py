@@ -11,13 +11,13 @@ The Python API (`onnxscale.api`, re-exported here) does what the command line do
 """
 
 from .api import (Analysis, Figures, ReportSummary, ScalePlan, ScaleResult, SweepSummary,
-                  analyze, bench, load_results, plan, report, scale, sweep)
+                  analyze, bench, load_results, plan, predict, profile, report, scale, sweep)
 from .errors import Error, OnnxscaleError, UsageError
 from .version import __version__
 
 __all__ = ["Analysis", "Error", "Figures", "OnnxscaleError", "ReportSummary", "Row",
            "ScalePlan", "ScaleResult", "SweepSummary", "UsageError", "__version__", "analyze",
-           "bench", "load_results", "plan", "report", "scale", "sweep"]
+           "bench", "load_results", "plan", "predict", "profile", "report", "scale", "sweep"]
 
 
 def __getattr__(name: str):

@@ -40,7 +40,8 @@ ModelArg = "str | os.PathLike | onnx.ModelProto"
 InputShapes = "Mapping[str, Sequence[int]] | Sequence[str] | None"
 
 __all__ = ["Analysis", "Figures", "ScalePlan", "ScaleResult", "SweepSummary", "ReportSummary",
-           "analyze", "plan", "scale", "bench", "sweep", "report", "load_results"]
+           "analyze", "plan", "scale", "bench", "profile", "predict", "sweep", "report",
+           "load_results"]
 
 
 # ---- results -------------------------------------------------------------------------------
@@ -383,6 +384,46 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
         if store is not None:
             store.close()
     return report.rows
+
+
+def profile(model: ModelArg, provider: str = "cpu", *, threads: int | None = None,
+            batch: int | None = 1, precision: str = "fp32", runs: int = 20,
+            db: str | os.PathLike | None = None) -> dict:
+    """Per-layer runtime (``onnxscale profile``): the model's p50 by bench's method, then ONNX
+    Runtime's profiler in a separate pass, each kernel mapped back to the layer it ran for.
+    Stored in ``db`` (the default results database when None), where `predict` learns from
+    it.  Returns the profile as a dict: ``layers`` (name, op, kind, ms, flops, params, acts,
+    kernels, contains), ``p50_ms``, ``profiled_ms``, ``unattributed_ms``."""
+    from .calibration import profile_model
+    from .runtime import parse_providers
+    from .runtime.settings import make_settings
+    from .store import ResultStore, default_db_path
+
+    names = parse_providers(_names(provider))
+    settings = make_settings(names, threads=threads, precision=precision)
+    with ResultStore(db if db is not None else default_db_path()) as store:
+        found = profile_model(load(model, lazy=False), names[0], settings, batch=batch,
+                              store=store, runs=runs)
+    return found.to_dict()
+
+
+def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = None,
+            batch: int = 1, precision: str = "fp32",
+            db: str | os.PathLike | None = None) -> dict:
+    """A model's p50 on this machine predicted from the profiles stored in ``db``
+    (``onnxscale predict``): ``predicted_ms``, ``interval`` (relative, 95% of held-out
+    models), the whole-model ``baselines`` and the ``layers`` predicted to take longest.
+    Raises `onnxscale.Error` saying what to run when too few models are profiled."""
+    from .calibration import predict_model, stored_predictor
+    from .runtime import parse_providers
+    from .runtime.settings import make_settings
+    from .store import ResultStore, default_db_path
+
+    names = parse_providers(_names(provider))
+    settings = make_settings(names, threads=threads, precision=precision)
+    with ResultStore(db if db is not None else default_db_path()) as store:
+        fitted = stored_predictor(store, names[0], settings, batch=batch, interval=True)
+    return predict_model(fitted, load(model, lazy=False), batch)
 
 
 def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,dw,dwr,dWr",

@@ -384,6 +384,32 @@ def _outputs_cell(row: Row) -> str:
     return text if not row.output_check or row.output_check["ok"] else f"[red]{text}[/]"
 
 
+def print_profile(profile, top: int, db_path, console: Console | None = None) -> None:
+    """``onnxscale profile``: layers by time share, with their complexity."""
+    console = console or Console()
+    attributed = sum(layer.ms for layer in profile.layers) or 1.0
+    table = Table(title=f"{profile.model} on {profile.provider}, batch {profile.batch}: "
+                        f"p50 {fmt_ms(profile.p50_ms)} ms (bench), profiled kernels "
+                        f"{profile.profiled_ms:.2f} ms a run", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    wide = console.width >= 110   # the kernels that ran: only where they fit
+    names = ("layer", "kind", "ms", "share", "flops", "params", "acts") + (
+        ("kernels",) if wide else ())
+    for name in names:
+        table.add_column(name, justify="left" if name in ("layer", "kind", "kernels")
+                         else "right", no_wrap=name != "kernels")
+    for layer in sorted(profile.layers, key=lambda item: -item.ms)[:top]:
+        table.add_row(layer.name, layer.kind or layer.op, f"{layer.ms:.3f}",
+                      f"{layer.ms / attributed:.1%}", human(layer.flops), human(layer.params),
+                      human(layer.acts), *([" ".join(layer.kernels)] if wide else []))
+    console.print(table)
+    console.print(f"{len(profile.layers)} layers; {profile.unattributed_ms:.3f} ms a run in "
+                  f"kernels that match no layer (layout reorders, copies)", highlight=False)
+    for note in profile.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"[dim]saved to {db_path}[/]", highlight=False)
+
+
 def print_providers(entries: list[dict], console: Console | None = None) -> None:
     """``onnxscale providers``: one line per provider and where it lives."""
     console = console or Console()

@@ -22,7 +22,7 @@ from pathlib import Path
 from .runtime.row import Row
 from .errors import OnnxscaleError
 
-SCHEMA_VERSION = 2  # 2: sweep_cells (a version-1 database is upgraded in place)
+SCHEMA_VERSION = 3  # 2: sweep_cells, 3: profiles (older databases are upgraded in place)
 BUSY_TIMEOUT_S = 60.0
 
 # Columns copied out of the row dict for querying; the full row is kept as JSON in `data`.
@@ -71,6 +71,18 @@ CREATE TABLE IF NOT EXISTS sweep_cells (
     measured_at REAL NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (base_hash, strategy, factor, provider, batch, options, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    model_hash TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    options TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    p50_ms REAL,
+    measured_at REAL NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (model_hash, provider, options, batch, fingerprint)
 );
 """
 # a cell's key, in the column order of the primary key
@@ -239,6 +251,32 @@ class ResultStore:
         if fingerprint:
             sql += " AND fingerprint LIKE ?"
             args.append(fingerprint + "%")
+        sql += " ORDER BY measured_at, rowid"
+        return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
+
+    def save_profile(self, key: dict, data: dict) -> None:
+        """Insert or replace one model's per-layer profile (``key``: model_hash, provider,
+        options (a dict), batch, fingerprint; ``data``: the profile with model, p50_ms)."""
+        values = [key["model_hash"], key["provider"], options_key(key["options"]),
+                  int(key["batch"]), key["fingerprint"], data["model"], data.get("p50_ms"),
+                  time.time(), json.dumps(data | {"options": key["options"]}, default=str)]
+        with self._write():
+            self._conn.execute(
+                "INSERT INTO profiles (model_hash, provider, options, batch, fingerprint, "
+                "model, p50_ms, measured_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (model_hash, provider, options, batch, fingerprint) DO UPDATE SET "
+                "model = excluded.model, p50_ms = excluded.p50_ms, "
+                "measured_at = excluded.measured_at, data = excluded.data", values)
+
+    def profiles(self, *, provider: str, options: dict, batch: int, fingerprint: str,
+                 model_hash: str | None = None) -> list[dict]:
+        """Stored profiles of one configuration (and machine), oldest first."""
+        sql = ("SELECT data FROM profiles WHERE provider = ? AND options = ? AND batch = ? "
+               "AND fingerprint = ?")
+        args = [provider, options_key(options), int(batch), fingerprint]
+        if model_hash:
+            sql += " AND model_hash = ?"
+            args.append(model_hash)
         sql += " ORDER BY measured_at, rowid"
         return [json.loads(r["data"]) for r in self._conn.execute(sql, args)]
 

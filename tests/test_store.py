@@ -123,6 +123,25 @@ def test_bad_files(tmp_path):
     assert nested.exists()
 
 
+def test_a_schema_2_database_gains_the_profiles_table_in_place(tmp_path):
+    """A database written before profiles existed keeps its rows and takes profiles."""
+    path = tmp_path / "old.db"
+    ResultStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE profiles")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    key = {"model_hash": "h", "provider": "CPUExecutionProvider", "options": {"threads": 1},
+           "batch": 1, "fingerprint": "f"}
+    with ResultStore(path) as store:
+        store.save_profile(key, {"model": "m", "p50_ms": 2.5, "layers": []})
+        stored = store.profiles(provider="CPUExecutionProvider", options={"threads": 1},
+                                batch=1, fingerprint="f")
+    assert [p["p50_ms"] for p in stored] == [2.5]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+
+
 def test_default_db_path(monkeypatch, tmp_path):
     monkeypatch.setenv("ONNXSCALE_DB", str(tmp_path / "x.db"))
     assert default_db_path() == tmp_path / "x.db"

@@ -5,7 +5,8 @@ User errors (`OnnxscaleError`) become ``error: <one line>`` on stderr and a non-
 unexpected exceptions become ``internal error: ...`` and show a traceback only with ``--debug``.
 One module per command family: `analyze` (analyze, blocks, groups), `scale`, `bench` (bench,
 results), `sweep` (sweep, report), `zoo`, `export`,
-`providers` (providers, add, remove); `common` holds the shared options.
+`providers` (providers, add, remove), `predict` (profile, predict,
+calibrate); `common` holds the shared options.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import click
 
 from ..errors import OnnxscaleError
 from ..version import __version__
-from . import analyze, bench, export, providers, scale, sweep, zoo
+from . import analyze, bench, export, predict, providers, scale, sweep, zoo
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -61,5 +62,5 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 for command in (analyze.analyze, bench.bench, bench.results, scale.scale, sweep.sweep,
                 sweep.report, zoo.zoo, analyze.blocks, analyze.groups, export.export,
-                providers.providers):
+                providers.providers, predict.profile, predict.predict, predict.calibrate):
     main.add_command(command)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .common import input_shape_option, positive_multiplier, print_json
+from .common import db_option, input_shape_option, positive_multiplier, print_json
 
 
 def _batch_value(value: str | None):
@@ -58,13 +58,25 @@ def _batch_value(value: str | None):
 @click.option("--max-size", default="16G", show_default=True,
               help="Refuse models whose weights, or whose batch-1 activations, need more bytes "
                    "than this.")
+@click.option("--latency", "latency_target", metavar="25ms|2x",
+              help="Runtime budget for --strategy instead of --flops: a time (25ms, 0.5s) or a "
+                   "multiple of the base model's measured p50 (2x); the largest model within "
+                   "it, found with the runtime predictor and settled by measurement; "
+                   "comma-separated for a grid.")
+@click.option("--latency-tolerance", default="5%", show_default=True,
+              help="Largest accepted miss of the runtime budget, by measurement.")
+@click.option("--provider", "-p", "provider_spec", default="cpu", show_default=True,
+              help="With --latency: the provider the budget is for.")
+@click.option("--threads", default=None, metavar="N", help="With --latency: intra-op threads.")
+@db_option
 @input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables "
                                                       "(a list of them for a grid).")
-def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_target, preset,
-          no_search, tolerance, strict, batch, init, divisor, output, verify, seed, max_size,
-          input_shapes,
-          as_json):
+@click.pass_context
+def scale(ctx, model, width, depth, resolution, group_width, strategy, alpha, flops_target,
+          preset, no_search, tolerance, strict, batch, init, divisor, output, verify, seed,
+          max_size, latency_target, latency_tolerance, provider_spec, threads, db_path,
+          input_shapes, as_json):
     """Scale width, depth and resolution to a new ONNX model.
 
     Give multipliers (--width/--depth/--resolution/--group-width), a strategy and a flops
@@ -82,6 +94,16 @@ def scale(model, width, depth, resolution, group_width, strategy, alpha, flops_t
 
     tol = checked(parse_tolerance, tolerance)
     batch_value = _batch_value(batch)
+    if latency_target is not None:
+        from .latency import scale_latency
+
+        scale_latency(ctx, model, strategy=strategy, alpha=alpha, flops=flops_target,
+                      multipliers=(width, depth, resolution, group_width), preset=preset,
+                      latency=latency_target, tolerance=latency_tolerance,
+                      provider_spec=provider_spec, threads=threads, batch=batch_value,
+                      init=init, divisor=divisor, seed=seed, max_size=max_size, output=output,
+                      db_path=db_path, input_shapes=input_shapes, as_json=as_json)
+        return
     jobs = make_jobs(strategy, alpha, flops_target, preset, no_search,
                      (width, depth, resolution, group_width), tol, strict)
     if len(jobs) > 1:

@@ -206,7 +206,8 @@ def plan_scale(hollow: onnx.ModelProto, input_shapes: dict[str, list[int]],
     model, edits, graph, inputs = _run_steps(hollow, graph, multipliers, options, cache,
                                              declare_inputs=False)
     scaled = analyze(graph)
-    plan = Plan(multipliers, options, base, scaled, inputs, _planned_weight_bytes(graph), edits)
+    plan = Plan(multipliers, options, base, scaled, inputs, _planned_weight_bytes(graph), edits,
+                graph)
     _refuse_plan(plan)
     return plan
 

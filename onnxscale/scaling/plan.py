@@ -85,6 +85,8 @@ class Plan:
     inputs: dict[str, list[int]]
     weight_bytes: int                # bytes of every weight of the planned model
     edits: list[Edit]
+    # the planned (hollow) graph, for what reads more than the report (`runtime_features`)
+    graph: object = field(default=None, repr=False, compare=False)
 
     @property
     def activation_bytes(self) -> int:

@@ -1,0 +1,208 @@
+"""The runtime predictor on synthetic layer timings with known coefficients, the profile's join
+of kernels to layers on real exports, and profile/predict through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from onnxscale import predictor as P
+from onnxscale.cli import main
+from onnxscale.complexity import analyze
+from onnxscale.graph import Graph
+from onnxscale.runtime_features import describe, owners
+
+# per kind: (ms per MFLOP, ms per MB moved, ms per M light, ms per M heavy, ms per layer)
+TRUE = {"conv-1x1": (0.02, 0.05, 0.0, 0.3, 0.004), "conv-dw": (0.10, 0.12, 0.0, 0.5, 0.01),
+        "conv-kxk": (0.015, 0.03, 0.0, 0.2, 0.006), "gemm": (0.01, 0.08, 0.0, 0.0, 0.02)}
+# the layers own 90% of the profiled time; bench's p50 runs 1.2x the profiled total
+ATTRIBUTED, SPEED = 0.9, 1.2
+
+
+def _synthetic_models(count: int, seed: int = 0, noise: float = 0.0):
+    """Profiles of random models whose layer times follow ``TRUE`` exactly (plus noise)."""
+    rng = np.random.default_rng(seed)
+    profiles = []
+    for index in range(count):
+        layers = []
+        for number in range(int(rng.integers(8, 40))):
+            kind = str(rng.choice(list(TRUE)))
+            flops, params, acts = (float(rng.uniform(1e5, 5e7)), float(rng.uniform(1e2, 1e6)),
+                                   float(rng.uniform(1e3, 2e6)))
+            heavy = float(rng.choice([0.0, acts, 2 * acts]))
+            features = np.array([flops / 1e6, 4 * (params + 2 * acts) / 1e6, 0.0, heavy / 1e6,
+                                 1.0])
+            ms = float(features @ np.array(TRUE[kind])) * (1 + noise * rng.standard_normal())
+            layers.append({"name": f"l{number}", "op": "Conv", "kind": kind, "flops": flops,
+                           "params": params, "acts": acts, "ms": ms,
+                           "detail": {"attached_light": 0, "attached_heavy": heavy}})
+        total = sum(layer["ms"] for layer in layers)
+        profiles.append({"model": f"m{index}", "model_hash": f"h{index}",
+                         "profiled_ms": total / ATTRIBUTED,
+                         "p50_ms": SPEED * total / ATTRIBUTED, "layers": layers,
+                         "flops": sum(layer["flops"] for layer in layers),
+                         "acts": sum(layer["acts"] for layer in layers)})
+    return profiles
+
+
+def test_the_predictor_recovers_known_coefficients():
+    """Layer times are read as shares of bench's p50, so the per-kind coefficients come out
+    in bench's time (x SPEED), and k restores what no layer owns (1 / ATTRIBUTED)."""
+    profiles = _synthetic_models(12)
+    samples = [P.sample_from_profile(p) for p in profiles]
+    fitted = P.fit(samples)
+    for kind, coefficients in TRUE.items():
+        found = fitted.kinds[kind]
+        # the light-attached column is all zero: its coefficient is free; the others are exact
+        for index in (0, 1, 3, 4):
+            assert found[index] == pytest.approx(SPEED * coefficients[index], rel=1e-6,
+                                                 abs=1e-9)
+    assert fitted.scale == pytest.approx(1 / ATTRIBUTED, rel=1e-6)
+    layers = [layer | layer["detail"] for layer in profiles[0]["layers"]]
+    assert fitted.predict(layers) == pytest.approx(profiles[0]["p50_ms"], rel=1e-6)
+
+
+def test_held_out_synthetic_models_are_predicted_and_the_baselines_are_worse():
+    samples = [P.sample_from_profile(p) for p in _synthetic_models(15, seed=1, noise=0.02)]
+    errors = P.leave_one_out(samples)
+    assert len(errors) == 15
+    assert P.within(errors, "layers", 0.05) == 1.0
+    # whole-model flops cannot see the kind mix: it must do worse on these models
+    assert P.within(errors, "flops", 0.05) < 1.0
+
+
+def test_an_unseen_kind_borrows_the_fit_of_all_layers():
+    samples = [P.sample_from_profile(p) for p in _synthetic_models(6, seed=2)]
+    fitted = P.fit(samples)
+    layer = {"name": "x", "op": "Foo", "kind": "foo", "flops": 1e6, "params": 10, "acts": 100,
+             "attached_light": 0, "attached_heavy": 0}
+    assert fitted.predict_layers([layer])[0] == pytest.approx(
+        float(P.layer_features(layer) @ fitted.fallback))
+
+
+def test_owners_map_fused_nodes_to_the_layer_they_follow(exports):
+    """On a real torchvision export: BatchNormalization, Relu and the residual Add belong to
+    the Conv they follow; every Conv owns itself."""
+    proto = onnx.load(str(exports("resnet18", "legacy", 64)))
+    graph = Graph(proto, {})
+    report = analyze(graph)
+    counted = {layer.name for layer in report.layers}
+    owner = owners(graph.nodes, counted)
+    by_name = {node.name: node for node in graph.nodes}
+    for node in graph.nodes:
+        if node.op_type == "Conv":
+            assert owner[node.name] == node.name
+        if node.op_type in ("Relu", "Add"):
+            producer = node
+            while producer.name not in counted:   # walk first data inputs back
+                producer = next(n for n in graph.nodes if producer.input[0] in n.output)
+            assert owner[node.name] == producer.name
+    assert any(by_name[name].op_type == "Add" for name in owner)
+
+
+def test_profile_join_maps_fused_kernels_back_to_layers(exports, tmp_path):
+    """A real profile of a torchvision EfficientNet-B0 export (64x64): ONNX Runtime fuses
+    Conv + SiLU and runs the squeeze-excitation as kernels of its own; every kernel lands on
+    a layer or is counted apart, and the layers' times add up to the profiled total."""
+    from onnxscale.model import load_model
+    from onnxscale.runtime.inputs import prepare
+    from onnxscale.runtime.profiling import profile
+    from onnxscale.runtime.settings import make_settings
+
+    loaded = load_model(str(exports("efficientnet_b0", "legacy", 64)))
+    settings = make_settings(["CPUExecutionProvider"], threads=1)
+    prepared = prepare(loaded.proto, 1, {}, loaded.source)
+    found = profile(prepared, "CPUExecutionProvider", settings, model=loaded.source, runs=3)
+    convs = [layer for layer in found.layers if layer.op == "Conv"]
+    assert convs and all(layer.ms > 0 for layer in convs)
+    assert sum(layer.ms for layer in found.layers) + found.unattributed_ms == pytest.approx(
+        found.profiled_ms, rel=1e-6)
+    assert found.unattributed_ms < 0.3 * found.profiled_ms
+    # fused activations and the SE's Mul are named in the layer they were attributed to
+    contained = {name for layer in found.layers for name in layer.contains}
+    ops = {node.name: node.op_type for node in loaded.proto.graph.node}
+    assert {"Sigmoid", "Mul"} <= {ops.get(name) for name in contained}
+    kinds = {layer.kind for layer in convs}
+    assert {"conv-dw", "conv-1x1", "conv-stem"} <= kinds
+    described = {item["name"]: item for item in describe(Graph(prepared.proto, {}),
+                                                         analyze(Graph(prepared.proto, {})))}
+    depthwise = next(layer for layer in convs if layer.kind == "conv-dw")
+    assert described[depthwise.name]["groups"] == described[depthwise.name]["cout"]
+    assert described[depthwise.name]["attached_heavy"] > 0
+
+
+CALIBRATION = ("zoo:regnetz-500mf", "zoo:regnety-400mf", "zoo:regnetx-400mf",
+               "zoo:resnet-18", "zoo:efficientnet-b0")
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A results database with five zoo models profiled through the CLI (1 thread)."""
+    db = str(tmp_path_factory.mktemp("calibrated") / "p.db")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["predict", "zoo:regnety-800mf", "--threads", "1",
+                                   "--db", db])
+    assert refused.exit_code == 1
+    assert "onnxscale calibrate --provider cpu --threads 1" in refused.output
+    for model in CALIBRATION:
+        done = runner.invoke(main, ["profile", model, "--threads", "1", "--runs", "3",
+                                    "--db", db, "--json"])
+        assert done.exit_code == 0, done.output
+        data = json.loads(done.output)["profile"]
+        assert data["p50_ms"] > 0 and data["layers"]
+    return db
+
+
+def test_profile_predict_and_refusal_through_the_cli(calibrated):
+    """profile stores what predict learns from; with too few stored models predict refuses,
+    saying what to run (the fixture); with five it predicts a plausible p50."""
+    result = CliRunner().invoke(main, ["predict", "zoo:regnety-800mf", "--threads", "1",
+                                       "--db", calibrated, "--json"])
+    assert result.exit_code == 0, result.output
+    predicted = json.loads(result.output)
+    assert predicted["models"] == 5
+    assert 1.0 < predicted["predicted_ms"] < 500.0
+    assert set(predicted["baselines"]) == set(P.BASELINES)
+    assert predicted["layers"][0]["share"] >= predicted["layers"][-1]["share"]
+
+
+def test_scale_to_a_runtime_budget_measures_and_lands_within_tolerance(calibrated, tmp_path):
+    """A real timed run: RegNetX-400MF scaled with dWr to 1.5x its measured p50 on this
+    CPU; the written model loads in ONNX Runtime, its measured p50 is within the tolerance of
+    the budget, and every model measured was profiled into the store."""
+    import onnxruntime as ort
+
+    from onnxscale.store import ResultStore
+
+    out = tmp_path / "x.onnx"
+    with ResultStore(calibrated) as store:
+        before = len(store.profiles(provider="CPUExecutionProvider",
+                                    options={"threads": 1, "precision": "fp32"}, batch=1,
+                                    fingerprint=_fingerprint()))
+    result = CliRunner().invoke(main, ["scale", "zoo:regnetx-400mf", "--strategy", "dWr",
+                                       "--latency", "1.5x", "--latency-tolerance", "10%",
+                                       "--threads", "1", "--db", calibrated, "-o", str(out),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)["latency"]
+    assert abs(found["measured_ms"] / found["budget_ms"] - 1) <= 0.10
+    assert found["budget_ms"] == pytest.approx(1.5 * found["base_ms"])
+    assert 1.0 < found["flops_factor"] < 4.0
+    assert found["measurements"] and found["predicted_ms"] > 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1] == 3
+    with ResultStore(calibrated) as store:
+        after = len(store.profiles(provider="CPUExecutionProvider",
+                                   options={"threads": 1, "precision": "fp32"}, batch=1,
+                                   fingerprint=_fingerprint()))
+    assert after >= before + len(found["measurements"])
+
+
+def _fingerprint() -> str:
+    from onnxscale.runtime import fingerprint
+
+    return fingerprint.collect()["id"]
