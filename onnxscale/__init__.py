@@ -10,12 +10,12 @@ The Python API (`onnxscale.api`, re-exported here) does what the command line do
 ``import onnxscale`` is cheap: the heavy modules load when a function is first called.
 """
 
-from .api import (Analysis, Figures, ReportSummary, ScalePlan, ScaleResult, SweepSummary,
-                  analyze, bench, load_results, plan, predict, profile, report, scale, sweep)
+from .api import (Analysis, Figures, Prediction, ReportSummary, ScalePlan, ScaleResult,
+                  SweepSummary, analyze, bench, load_results, plan, predict, profile, report, scale, sweep)
 from .errors import Error, OnnxscaleError, UsageError
 from .version import __version__
 
-__all__ = ["Analysis", "Error", "Figures", "OnnxscaleError", "ReportSummary", "Row",
+__all__ = ["Analysis", "Error", "Figures", "OnnxscaleError", "Prediction", "ReportSummary", "Row",
            "ScalePlan", "ScaleResult", "SweepSummary", "UsageError", "__version__", "analyze",
            "bench", "load_results", "plan", "predict", "profile", "report", "scale", "sweep"]
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import onnx
     import pandas
 
+    from .runtime.profiling import Profile
     from .runtime.row import Row
     from .complexity import Report
     from .model import LoadedModel
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 ModelArg = "str | os.PathLike | onnx.ModelProto"
 InputShapes = "Mapping[str, Sequence[int]] | Sequence[str] | None"
 
-__all__ = ["Analysis", "Figures", "ScalePlan", "ScaleResult", "SweepSummary", "ReportSummary",
+__all__ = ["Analysis", "Figures", "Prediction", "ScalePlan", "ScaleResult", "SweepSummary",
+           "ReportSummary",
            "analyze", "plan", "scale", "bench", "profile", "predict", "sweep", "report",
            "load_results"]
 
@@ -166,6 +168,25 @@ class SweepSummary:
     def to_dict(self) -> dict[str, Any]:
         return {"db": str(self.db), "done": self.done, "skipped": self.skipped,
                 "failed": self.failed, "cells": self.cells, "notes": self.notes}
+
+
+@dataclass
+class Prediction:
+    """`predict`'s result: the predicted p50 (ms) with the relative half-width of its 95%
+    interval over held-out models, the whole-model baselines, and the layers predicted to
+    take longest."""
+
+    model: str
+    batch: int
+    predicted_ms: float
+    interval: float | None
+    models: int                       # profiled models the predictor was fitted on
+    baselines: dict[str, float]
+    baseline_intervals: dict[str, float]
+    layers: list[dict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -388,12 +409,12 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
 
 def profile(model: ModelArg, provider: str = "cpu", *, threads: int | None = None,
             batch: int | None = 1, precision: str = "fp32", runs: int = 20,
-            db: str | os.PathLike | None = None) -> dict:
+            db: str | os.PathLike | None = None) -> "Profile":
     """Per-layer runtime (``onnxscale profile``): the model's p50 by bench's method, then ONNX
     Runtime's profiler in a separate pass, each kernel mapped back to the layer it ran for.
     Stored in ``db`` (the default results database when None), where `predict` learns from
-    it.  Returns the profile as a dict: ``layers`` (name, op, kind, ms, flops, params, acts,
-    kernels, contains), ``p50_ms``, ``profiled_ms``, ``unattributed_ms``."""
+    it.  The `Profile` has ``layers`` (name, op, kind, ms, flops, params, acts, kernels,
+    contains), ``p50_ms``, ``profiled_ms`` and ``unattributed_ms``."""
     from .calibration import profile_model
     from .runtime import parse_providers
     from .runtime.settings import make_settings
@@ -402,14 +423,13 @@ def profile(model: ModelArg, provider: str = "cpu", *, threads: int | None = Non
     names = parse_providers(_names(provider))
     settings = make_settings(names, threads=threads, precision=precision)
     with ResultStore(db if db is not None else default_db_path()) as store:
-        found = profile_model(load(model, lazy=False), names[0], settings, batch=batch,
-                              store=store, runs=runs)
-    return found.to_dict()
+        return profile_model(load(model, lazy=False), names[0], settings, batch=batch,
+                             store=store, runs=runs)
 
 
 def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = None,
             batch: int = 1, precision: str = "fp32",
-            db: str | os.PathLike | None = None) -> dict:
+            db: str | os.PathLike | None = None) -> Prediction:
     """A model's p50 on this machine predicted from the profiles stored in ``db``
     (``onnxscale predict``): ``predicted_ms``, ``interval`` (relative, 95% of held-out
     models), the whole-model ``baselines`` and the ``layers`` predicted to take longest.
@@ -423,7 +443,7 @@ def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = Non
     settings = make_settings(names, threads=threads, precision=precision)
     with ResultStore(db if db is not None else default_db_path()) as store:
         fitted = stored_predictor(store, names[0], settings, batch=batch, interval=True)
-    return predict_model(fitted, load(model, lazy=False), batch)
+    return Prediction(**predict_model(fitted, load(model, lazy=False), batch))
 
 
 def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,dw,dwr,dWr",

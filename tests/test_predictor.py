@@ -206,3 +206,16 @@ def _fingerprint() -> str:
     from onnxscale.runtime import fingerprint
 
     return fingerprint.collect()["id"]
+
+
+def test_profile_and_predict_in_python(calibrated):
+    """The library under the CLI: a Profile dataclass, then a Prediction with to_dict()."""
+    import onnxscale
+
+    found = onnxscale.profile("zoo:regnety-800mf", "cpu", threads=1, runs=3, db=calibrated)
+    assert found.p50_ms > 0 and any(layer.kind == "conv-group" for layer in found.layers)
+    predicted = onnxscale.predict("zoo:regnety-800mf", "cpu", threads=1, db=calibrated)
+    assert isinstance(predicted, onnxscale.Prediction)
+    assert predicted.models >= 5 and predicted.to_dict()["predicted_ms"] > 0
+    # the model is now in the store, so its own measurement is among what was fitted
+    assert 0.5 < predicted.predicted_ms / found.p50_ms < 2.0
