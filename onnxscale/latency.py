@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from .errors import OnnxscaleError, UsageError
 
 LOWEST, HIGHEST = 1 / 16, 64.0   # the flops factors the search may ask a strategy for
+FLOPS_SLACK = 0.5                # how far a plan's flops may miss the factor asked for
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -202,8 +204,10 @@ def scale_to_latency(loaded, strategy: str, budget: tuple[str, float], *, provid
     def planned_for(factor: float):
         key = round(factor, 6)
         if key not in planned_at:
+            # the flops factor is only the search's handle: the nearest model the strategy
+            # makes is taken (depth moves in whole blocks), and measurement decides
             job = Job(strategy=strategy, weights=weights, flops=f"{factor:.6g}x",
-                      target=("ratio", factor))
+                      target=("ratio", factor), tolerance=FLOPS_SLACK)
             planned_at[key] = plan_job(planner, job, options)
         return planned_at[key]
 
@@ -220,13 +224,20 @@ def scale_to_latency(loaded, strategy: str, budget: tuple[str, float], *, provid
         except OnnxscaleError:
             return math.inf if factor > 1 else 0.0
 
+    measured_models: dict[tuple, Measured] = {}
+
     def measure(factor: float) -> Measured:
-        say(f"measuring {strategy} at {factor:.3g}x flops")
         plan = planned_for(factor).plan
+        model = (plan.scaled.flops, plan.scaled.params, plan.scaled.acts)
+        if model in measured_models:  # two factors, one model: the rounding allows no other
+            return dataclasses.replace(measured_models[model], factor=factor)
+        say(f"measuring {strategy} at {factor:.3g}x flops")
         outcome = apply_plan(loaded.proto, shapes, plan)
         found = timed(LoadedModel(outcome.model, f"{loaded.source}.{strategy}.{factor:.3g}x",
                                   None), loaded.source)
-        return Measured(factor, found.p50_ms, predict(factor), found.p50_ci_ms)
+        measured_models[model] = Measured(factor, found.p50_ms, predict(factor),
+                                          found.p50_ci_ms)
+        return measured_models[model]
 
     kind, value = budget
     base_ms = None
@@ -246,7 +257,105 @@ def scale_to_latency(loaded, strategy: str, budget: tuple[str, float], *, provid
     return summary | {"latency": {
         "budget_ms": budget_ms, "base_ms": base_ms, "provider": provider,
         "measured_ms": found.chosen.ms, "measured_interval_ms": found.chosen.spread_ms,
-        "predicted_ms": found.chosen.predicted_ms, "flops_factor": found.chosen.factor,
+        "predicted_ms": found.chosen.predicted_ms,
+        "flops_factor": chosen.plan.scaled.flops / chosen.plan.base.flops,
         "tolerance": tolerance,
         "measurements": [dataclasses.asdict(m) for m in found.measurements],
         "predictions": found.predictions}}
+
+
+# ---- a sweep over runtime budgets (``sweep --latency``) ---------------------------------------
+
+def sweep_latency(models: list[str], strategies: list[str], budgets: list[tuple[str, float]],
+                  *, provider: str, settings, batch: int, tolerance: float, store,
+                  keep: Path | None = None, progress=None):
+    """Every (model, strategy, budget): the strategy scaled to the budget (`scale_to_latency`)
+    and stored as a sweep cell at the flops factor it landed on, with the budget it was made
+    for (``latency_budget``); the base model is measured once per model and stored as the
+    sweep's base cell.  A cell already stored for the same budget on this machine is skipped
+    (rerun to go on); a budget no model of a strategy meets is counted as failed, with the
+    refusal as its reason, and not stored (a rerun tries again)."""
+    import shutil
+    import tempfile
+
+    from .calibration import profile_model, stored_predictor
+    from .model import load_model
+    from .runtime import fingerprint as fingerprint_mod
+    from .runtime import model_hash
+    from .scaling.plan import ScaleOptions
+    from .sweeps import BASE, SweepResult, cell_options
+
+    predictor = stored_predictor(store, provider, settings, batch=batch)
+    machine = fingerprint_mod.collect()["id"]
+    options = cell_options(provider, settings)
+    result = SweepResult()
+    total = len(models) * len(strategies) * len(budgets)
+    for spec in models:
+        loaded = load_model(spec, seed=settings.seed)
+        digest = model_hash(loaded)
+        key = {"base_hash": digest, "provider": provider, "batch": batch, "options": options,
+               "fingerprint": machine}
+        base = store.cell(key | {"strategy": BASE, "factor": 1.0})
+        if not base or base.get("status") != "ok":
+            found = profile_model(loaded, provider, settings, batch=batch, store=store,
+                                  runs=10, family=loaded.source)
+            base = _base_cell(key | {"strategy": BASE, "factor": 1.0}, loaded.source, found)
+            store.save_cell(base)
+        done = {(c["strategy"], c.get("latency_budget"))
+                for c in store.cells(base=digest) if c.get("latency_budget")
+                and c["fingerprint"] == machine and c["provider"] == provider
+                and c["batch"] == batch and c.get("options") == options}
+        for strategy in strategies:
+            for kind, value in budgets:
+                label = f"{value:g}{'x' if kind == 'ratio' else 'ms'}"
+                handled = result.done + result.skipped + result.failed
+                if progress is not None:
+                    progress(handled, total, f"{loaded.source} {strategy} to {label}")
+                if (strategy, label) in done:
+                    result.skipped += 1
+                    continue
+                budget_ms = value * base["p50_ms"] if kind == "ratio" else value
+                folder = keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))
+                folder.mkdir(parents=True, exist_ok=True)
+                stem = Path(loaded.source.removeprefix("zoo:")).name.removesuffix(".onnx")
+                try:
+                    made = scale_to_latency(
+                        loaded, strategy, ("absolute", budget_ms), provider=provider,
+                        settings=settings, batch=batch, tolerance=tolerance,
+                        predictor=predictor, store=store,
+                        options=ScaleOptions(init="random", seed=settings.seed),
+                        output=folder / f"{stem}.{strategy}.{label}.onnx")
+                except OnnxscaleError as exc:
+                    result.failed += 1
+                    result.cells.append({"base": loaded.source, "strategy": strategy,
+                                         "latency_budget": label, "status": "failed",
+                                         "reason": str(exc)})
+                    continue
+                finally:
+                    if keep is None:
+                        shutil.rmtree(folder, ignore_errors=True)
+                lat = made["latency"]
+                cell = key | {"strategy": strategy, "factor": round(lat["flops_factor"], 6),
+                              "base": loaded.source, "status": "ok",
+                              "p50_ms": lat["measured_ms"],
+                              "flops": made["scaled"]["flops"],
+                              "params": made["scaled"]["params"],
+                              "acts": made["scaled"]["acts"],
+                              "multipliers": made.get("multipliers"),
+                              "base_figures": base.get("base_figures"),
+                              "latency_budget": label, "latency_budget_ms": budget_ms,
+                              "latency": lat,
+                              "bench": {"p50_ci_ms": lat["measured_interval_ms"]}}
+                store.save_cell(cell)
+                result.done += 1
+                result.cells.append(cell)
+    return result
+
+
+def _base_cell(key: dict, source: str, found) -> dict:
+    """The base model's sweep cell from its profile (p50 by bench's method)."""
+    figures = {"flops": found.flops, "params": found.params, "acts": found.acts}
+    return key | figures | {"base": source, "status": "ok", "p50_ms": found.p50_ms,
+                            "base_figures": figures,
+                            "multipliers": {"d": 1, "w": 1, "g": 1, "r": 1},
+                            "bench": {"p50_ci_ms": found.p50_ci_ms}}

@@ -170,7 +170,7 @@ def print_sweep(result, db_path, console: Console | None = None,
     from .runtime.providers import short_name
 
     console = console or Console()
-    several = len({c.get("fingerprint") for c in result.cells}) > 1
+    several = len({c.get("fingerprint") for c in result.cells if c.get("factor")}) > 1
     distinct = {(c.get("base_hash", c["base"]), c["strategy"], c["factor"], c["provider"],
                  c["batch"], c.get("fingerprint")) for c in result.cells if c["status"] != "failed"}
     measured = (f"{result.done} cell(s) measured" if len(distinct) == result.done else
@@ -180,7 +180,11 @@ def print_sweep(result, db_path, console: Console | None = None,
     columns: list[tuple[str, str]] = []   # (provider and batch, machine or "")
     rows: dict[tuple, dict] = {}
     for cell in result.cells:
-        key = (cell["base"], cell["strategy"], cell["factor"])
+        if cell.get("factor") is None:   # a budget sweep --latency could not meet: below
+            continue
+        strategy = cell["strategy"] + (f" @{cell['latency_budget']}"
+                                       if cell.get("latency_budget") else "")
+        key = (cell["base"], strategy, cell["factor"])
         entry = rows.setdefault(key, {"cell": cell, "p50": {}})
         column = (f"{short_name(cell['provider'])} b{cell['batch']}",
                   _machine_name(cell.get("fingerprint"), machines or {}) if several else "")
@@ -199,7 +203,7 @@ def print_sweep(result, db_path, console: Console | None = None,
         figures = cell.get("base_figures") or {}
         ratio = (lambda k: f"{cell[k] / figures[k]:.2f}" if cell.get(k) and figures.get(k)
                  else "-")
-        table.add_row(base, strategy, f"{factor:g}x", ratio("flops"), ratio("acts"),
+        table.add_row(base, strategy, f"{factor:.4g}x", ratio("flops"), ratio("acts"),
                       *(entry["p50"].get(c, "") for c in columns))
     console.print(table)
     failed = [c for c in result.cells if c["status"] == "failed"]

@@ -63,6 +63,7 @@ def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
             "round_p50s": [r.get("p50_ms") for r in bench.get("rounds") or []],
             "unstable": (bench.get("stability") or {}).get("unstable"),
             "environment": bench.get("environment"),
+            "latency_budget": cell.get("latency_budget"),
             "nodes_partial": placement.get("partial"), "outputs_ok": check.get("ok"),
             "outputs_rel_l2": check.get("rel_l2")})
     return rows
@@ -242,6 +243,29 @@ def equal_runtime(rows: list[dict], levels: tuple[float, ...] = (2.0, 4.0, 8.0, 
     return out
 
 
+def at_budgets(rows: list[dict]) -> list[dict]:
+    """Cells of ``sweep --latency``, by budget: what each strategy reached when scaled to the
+    same measured runtime (flops, params, acts, its measured p50), and which reached the most
+    flops per measured millisecond (each met the budget within a tolerance).  Measured, not interpolated: the equal-runtime view where the sweep was asked
+    for it."""
+    out = []
+    budgets = sorted({r["latency_budget"] for r in rows if r.get("latency_budget")},
+                     key=lambda b: min(r["p50_ms"] for r in rows
+                                       if r.get("latency_budget") == b and r["p50_ms"]))
+    for budget in budgets:
+        at = {r["strategy"]: {k: r[k] for k in ("flops", "params", "acts", "p50_ms",
+                                                "flops_factor")}
+              for r in rows if r.get("latency_budget") == budget and r["p50_ms"]}
+        if len(at) < 2:
+            continue
+        # the budget is met within a tolerance: compare flops per measured millisecond
+        rate = {s: v["flops"] / v["p50_ms"] for s, v in at.items()}
+        best, least = max(rate, key=rate.get), min(rate, key=rate.get)
+        out.append({"budget": budget, "by_strategy": at, "most_flops": best,
+                    "least_flops": least, "flops_ratio": rate[best] / rate[least]})
+    return out
+
+
 def _along(timed: list[dict], target: float) -> dict:
     """Flops, params and acts at runtime ``target`` along one strategy's measured points
     (log-log interpolation), and the flops interval the points' 95% p50 intervals allow (the
@@ -271,7 +295,9 @@ def analyze_panels(rows: list[dict]) -> list[dict]:
                  "correlation_gap": correlation_gap(panel, top, runner_up)
                  if top and runner_up else None,
                  "fit": runtime_fit(panel), "fastest": fastest(panel),
-                 "equal_runtime": equal_runtime(panel), "noise": noise_floor(panel)}
+                 "equal_runtime": equal_runtime([r for r in panel
+                                                 if not r.get("latency_budget")]),
+                 "at_budgets": at_budgets(panel), "noise": noise_floor(panel)}
         entry["finding"] = finding(entry)
         out.append(entry)
     return out
@@ -302,7 +328,12 @@ def finding(panel: dict) -> str:
                          f"{gap['interval'][0]:.3f} to {gap['interval'][1]:.3f})")
     if panel["fastest"]:
         text += "; " + fastest_words(panel["fastest"][-1])
-    if panel.get("equal_runtime"):
+    if panel.get("at_budgets"):
+        measured = panel["at_budgets"][-1]
+        text += (f"; scaled to a budget of {measured['budget']}, {measured['most_flops']} "
+                 f"reached the most flops per millisecond, {measured['flops_ratio']:.2f}x "
+                 f"{measured['least_flops']}'s")
+    elif panel.get("equal_runtime"):
         level = panel["equal_runtime"][-1]
         text += (f"; at {level['runtime_factor']:g}x the base model's runtime "
                  f"{level['most_flops']} reaches the most flops, "
@@ -495,6 +526,7 @@ def summarize(cells: list[dict], machines: dict[str, str], reference: str | None
             "fit": [keyed(p) | (p["fit"] or {}) for p in analyzed],
             "fastest": [keyed(p) | f for p in analyzed for f in p["fastest"]],
             "equal_runtime": [keyed(p) | e for p in analyzed for e in p["equal_runtime"]],
+            "at_budgets": [keyed(p) | b for p in analyzed for b in p["at_budgets"]],
             "findings": [p["finding"] for p in analyzed], "machines": machines,
             "machines_compared": compare_machines(rows, analyzed, reference),
             "providers_compared": compare_providers(rows, analyzed)}
@@ -651,8 +683,11 @@ def _plot_complexity(summary: dict):
 
 
 def _plot_relative(summary: dict):
-    """Each strategy's runtime relative to the fastest at every flops factor."""
-    groups = panels(summary["rows"])
+    """Each strategy's runtime relative to the fastest at every flops factor (cells of a
+    flops sweep: those ``sweep --latency`` made sit at factors of their own)."""
+    groups = {key: panel for key, panel in panels(
+        [r for r in summary["rows"] if not r.get("latency_budget")]).items()
+        if len({r["flops_factor"] for r in panel}) < len(panel)}  # some factor shared
     if not groups:
         return None
     plt = _pyplot()
@@ -794,6 +829,16 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      ", ".join(f"{s} {v['params'] / 1e6:.2f}M"
                                for s, v in e["by_strategy"].items())]
                     for p in summary["panels"] for e in p.get("equal_runtime", [])]))
+    tables.append(("Scaled to a runtime budget (sweep --latency): what each strategy reached",
+                   ["model", "provider", "machine", "batch", "budget", "most flops per ms",
+                    "flops by strategy (measured ms)", "params by strategy"],
+                   [[p["model"], p["provider"], p["machine"], str(p["batch"]), b["budget"],
+                     f"{b['most_flops']} ({b['flops_ratio']:.2f}x {b['least_flops']})",
+                     ", ".join(f"{s} {v['flops'] / 1e6:,.0f}M ({v['p50_ms']:.1f})"
+                               for s, v in b["by_strategy"].items()),
+                     ", ".join(f"{s} {v['params'] / 1e6:.2f}M"
+                               for s, v in b["by_strategy"].items())]
+                    for p in summary["panels"] for b in p.get("at_budgets", [])]))
     tables.append(("Machines compared (time relative to the reference, the first of a group)",
                    ["model", "provider", "batch", "machine", "cells",
                     "time vs first [95%]", "range", "runtime follows", "fastest per factor"],

@@ -157,6 +157,7 @@ def calibrated(tmp_path_factory):
     return db
 
 
+@pytest.mark.slow
 def test_profile_predict_and_refusal_through_the_cli(calibrated):
     """profile stores what predict learns from; with too few stored models predict refuses,
     saying what to run (the fixture); with five it predicts a plausible p50."""
@@ -170,6 +171,7 @@ def test_profile_predict_and_refusal_through_the_cli(calibrated):
     assert predicted["layers"][0]["share"] >= predicted["layers"][-1]["share"]
 
 
+@pytest.mark.slow
 def test_scale_to_a_runtime_budget_measures_and_lands_within_tolerance(calibrated, tmp_path):
     """A real timed run: RegNetX-400MF scaled with dWr to 1.5x its measured p50 on this
     CPU; the written model loads in ONNX Runtime, its measured p50 is within the tolerance of
@@ -208,6 +210,7 @@ def _fingerprint() -> str:
     return fingerprint.collect()["id"]
 
 
+@pytest.mark.slow
 def test_profile_and_predict_in_python(calibrated):
     """The library under the CLI: a Profile dataclass, then a Prediction with to_dict()."""
     import onnxscale
@@ -219,3 +222,46 @@ def test_profile_and_predict_in_python(calibrated):
     assert predicted.models >= 5 and predicted.to_dict()["predicted_ms"] > 0
     # the model is now in the store, so its own measurement is among what was fitted
     assert 0.5 < predicted.predicted_ms / found.p50_ms < 2.0
+
+
+@pytest.mark.slow
+def test_sweep_latency_compares_strategies_at_one_measured_runtime(calibrated, tmp_path):
+    """sweep --latency scales each strategy to the budget by measurement and stores the
+    cells; the report compares what they reached at that runtime; a rerun skips them."""
+    args = ["sweep", "zoo:regnetx-400mf", "--strategy", "w,dWr", "--latency", "1.4x",
+            "--latency-tolerance", "10%", "--threads", "1", "--db", calibrated, "--json"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    done = json.loads(first.output)
+    assert done["done"] + done["failed"] == 2
+    cells = [c for c in done["cells"] if c["status"] == "ok"]
+    assert cells, done["cells"]
+    for cell in cells:
+        assert cell["latency_budget"] == "1.4x"
+        assert abs(cell["p50_ms"] / cell["latency_budget_ms"] - 1) <= 0.10
+        assert cell["flops"] > 0 and cell["factor"] > 1
+    again = json.loads(CliRunner().invoke(main, args).output)
+    assert again["skipped"] == len(cells) and again["done"] == 0
+    if len(cells) == 2:
+        reported = CliRunner().invoke(main, ["report", "--db", calibrated, "-o",
+                                             str(tmp_path / "r"), "--json"])
+        assert reported.exit_code == 0, reported.output
+        summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+        budgets = summary["at_budgets"]
+        assert budgets and budgets[0]["budget"] == "1.4x"
+        assert set(budgets[0]["by_strategy"]) == {"w", "dWr"}
+
+
+@pytest.mark.parametrize("args", [
+    ["--latency", "10ms", "--flops", "1x,2x"], ["--latency", "0ms"],
+    ["--latency", "10ms", "--ray"], ["--latency", "10ms", "--rounds", "2"],
+    ["--latency", "10ms", "--provider", "cpu,armnn"], ["--latency", "10ms", "--alpha", "0.5"],
+])
+def test_sweep_latency_bad_input_is_one_line_and_exit_2(tmp_path, args):
+    db = tmp_path / "r.db"
+    result = CliRunner().invoke(main, ["sweep", "zoo:resnet-18", "--strategy", "dWr", *args,
+                                       "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert not db.exists()

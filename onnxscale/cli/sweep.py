@@ -20,6 +20,12 @@ from .common import db_option, debug_enabled, json_option, print_json, result_fi
               help="Flops factors; 1x is the base model, measured once for every strategy.")
 @click.option("--tolerance", default="1.5%", show_default=True,
               help="Largest accepted miss of a flops target; other cells are stored as failed.")
+@click.option("--latency", "latency_spec", metavar="10ms,20ms|2x,4x",
+              help="Runtime budgets instead of flops factors: each strategy scaled to each "
+                   "budget by measurement (as scale --latency), the cells compared at matched "
+                   "runtime. One provider of this process's onnxruntime.")
+@click.option("--latency-tolerance", default="5%", show_default=True,
+              help="With --latency: largest accepted miss of a budget, by measurement.")
 @timing_options("1", "Batch sizes.")
 @db_option
 @click.option("--keep-models", type=click.Path(file_okay=False), default=None,
@@ -38,9 +44,9 @@ from .common import db_option, debug_enabled, json_option, print_json, result_fi
                    "GPUs (Ray's accelerator types).")
 @json_option
 @click.pass_context
-def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, batch_spec,
-          db_path, keep_models, retry_failed, ray_address, each_machine, accelerator_types,
-          as_json, **timing) -> None:
+def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, latency_spec, latency_tolerance,
+          provider_spec, batch_spec, db_path, keep_models, retry_failed, ray_address,
+          each_machine, accelerator_types, as_json, **timing) -> None:
     """Scale each model with every strategy to every flops factor and time every result.
 
     Cells (model, strategy, factor, provider, batch, options, machine) are stored one by one
@@ -78,6 +84,16 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
                          "made on the node that measures them")
     from .. import render
 
+    if latency_spec is not None:
+        result = _latency_sweep(ctx, models, strategy, alpha, latency_spec, latency_tolerance,
+                                providers, batches, settings, path, keep, ray_address)
+        if as_json:
+            print_json({"db": str(path), **result.to_json()})
+            return
+        with ResultStore(path) as store:
+            machines = store.fingerprints()
+        render.print_sweep(result, path, machines=machines)
+        return
     with ResultStore(path) as store, render.sweep_progress(not as_json) as progress:
         common = dict(tolerance=tol, retry_failed=retry_failed, progress=progress)
         if ray_address:
@@ -97,6 +113,44 @@ def sweep(ctx, models, strategy, alpha, flops_spec, tolerance, provider_spec, ba
         print_json({"db": str(path), **result.to_json()})
         return
     render.print_sweep(result, path, machines=machines)
+
+
+def _latency_sweep(ctx, models, strategy, alpha, latency_spec, latency_tolerance, providers,
+                   batches, settings, path, keep, ray_address):
+    """``sweep --latency``: the arguments checked before anything runs, then every
+    (model, strategy, budget) scaled to its budget by measurement."""
+    from .. import render
+    from ..latency import parse_budget, sweep_latency
+    from ..runtime import locate
+    from ..runtime.providers import short_name
+    from ..scaling.job import parse_tolerance, split_list
+    from ..store import ResultStore
+
+    source = ctx.get_parameter_source("flops_spec")
+    if source is not None and source.name != "DEFAULT":
+        raise UsageError("--latency and --flops: give one, runtime budgets or flops factors")
+    if alpha:
+        raise UsageError("--latency takes --strategy names; write --alpha A as a strategy")
+    if ray_address:
+        raise UsageError("--latency is for local sweeps: the search measures on this machine")
+    if settings.rounds > 1:
+        raise UsageError("--latency and --rounds: a budget is settled by measurement, once")
+    if len(providers) != 1 or len(batches) != 1:
+        raise UsageError("--latency: give one provider and one batch size")
+    route = locate.route(providers[0])
+    if route.kind != locate.IN_PROCESS:
+        raise UsageError(f"--provider {short_name(providers[0])}: "
+                         + (route.reason or "--latency needs it in this process's onnxruntime"))
+    budgets = [parse_budget(item) for item in split_list(latency_spec, "--latency")]
+    try:
+        tol = parse_tolerance(latency_tolerance)
+    except ValueError:
+        raise UsageError(f"--latency-tolerance '{latency_tolerance}': give a fraction in "
+                         f"(0, 1) or a percentage like 5%") from None
+    with ResultStore(path) as store, render.sweep_progress(True) as progress:
+        return sweep_latency(list(models), split_list(strategy, "--strategy"), budgets,
+                             provider=providers[0], settings=settings, batch=batches[0] or 1,
+                             tolerance=tol, store=store, keep=keep, progress=progress)
 
 
 @click.command()
