@@ -49,6 +49,29 @@ def parse_budget(text: str) -> tuple[str, float]:
     return "absolute", value * {"ms": 1.0, "s": 1000.0, "us": 0.001}[unit]
 
 
+def latency_arguments(budgets: str, tolerance: str, provider: str
+                      ) -> tuple[list[tuple[str, float]], float]:
+    """``--latency``, ``--latency-tolerance`` and the provider of ``scale`` and ``sweep``,
+    checked before anything is measured: (budgets, tolerance), or a one-line `UsageError`."""
+    from .runtime import locate
+    from .runtime.providers import short_name
+    from .scaling.job import parse_tolerance, split_list
+
+    route = locate.route(provider)
+    if route.kind is None:
+        raise UsageError(f"--provider {short_name(provider)}: {route.reason}")
+    if route.kind != locate.IN_PROCESS:
+        raise UsageError(f"--provider {short_name(provider)}: --latency profiles the models it "
+                         f"measures, which needs the provider in this process's onnxruntime "
+                         f"(it is reachable only as '{route.kind}')")
+    parsed = [parse_budget(item) for item in split_list(budgets, "--latency")]
+    try:
+        return parsed, parse_tolerance(tolerance)
+    except ValueError:
+        raise UsageError(f"--latency-tolerance '{tolerance}': give a fraction in (0, 1) or a "
+                         f"percentage like 5%") from None
+
+
 @dataclass
 class Measured:
     factor: float

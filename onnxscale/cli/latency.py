@@ -16,12 +16,11 @@ def scale_latency(ctx, model, *, strategy, alpha, flops, multipliers, preset, la
     """Check every argument before anything is measured or written, then run each
     (strategy, budget) of the grid."""
     from ..calibration import stored_predictor
-    from ..latency import parse_budget, scale_to_latency
+    from ..latency import latency_arguments, scale_to_latency
     from ..model import load_model, parse_input_shapes
-    from ..runtime import locate, parse_providers
-    from ..runtime.providers import short_name
+    from ..runtime import parse_providers
     from ..runtime.settings import make_settings
-    from ..scaling.job import parse_tolerance, split_list
+    from ..scaling.job import split_list
     from ..scaling.plan import ScaleOptions, parse_bytes
     from ..store import ResultStore, default_db_path
 
@@ -35,23 +34,11 @@ def scale_latency(ctx, model, *, strategy, alpha, flops, multipliers, preset, la
     if alpha:
         raise UsageError("--latency takes --strategy; write --alpha A as a strategy name")
     strategies = split_list(strategy, "--strategy")
-    budgets = [parse_budget(item) for item in split_list(latency, "--latency")]
-    try:
-        tol = parse_tolerance(tolerance)
-    except ValueError:
-        raise UsageError(f"--latency-tolerance '{tolerance}': give a fraction in (0, 1) or a "
-                         f"percentage like 5%") from None
     providers = parse_providers(provider_spec)
     if len(providers) != 1:
         raise UsageError(f"--provider '{provider_spec}': --latency is for one provider")
     provider = providers[0]
-    route = locate.route(provider)
-    if route.kind is None:
-        raise UsageError(f"--provider {short_name(provider)}: {route.reason}")
-    if route.kind != locate.IN_PROCESS:
-        raise UsageError(f"--provider {short_name(provider)}: --latency profiles the models it "
-                         f"measures, which needs the provider in this process's onnxruntime "
-                         f"(it is reachable only as '{route.kind}')")
+    budgets, tol = latency_arguments(latency, tolerance, provider)
     measure_batch = batch if isinstance(batch, int) else 1
     settings = make_settings(providers, threads=threads, debug=debug_enabled(ctx))
     shapes = parse_input_shapes(input_shapes)

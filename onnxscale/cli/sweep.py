@@ -120,10 +120,8 @@ def _latency_sweep(ctx, models, strategy, alpha, latency_spec, latency_tolerance
     """``sweep --latency``: the arguments checked before anything runs, then every
     (model, strategy, budget) scaled to its budget by measurement."""
     from .. import render
-    from ..latency import parse_budget, sweep_latency
-    from ..runtime import locate
-    from ..runtime.providers import short_name
-    from ..scaling.job import parse_tolerance, split_list
+    from ..latency import latency_arguments, sweep_latency
+    from ..scaling.job import split_list
     from ..store import ResultStore
 
     source = ctx.get_parameter_source("flops_spec")
@@ -137,16 +135,7 @@ def _latency_sweep(ctx, models, strategy, alpha, latency_spec, latency_tolerance
         raise UsageError("--latency and --rounds: a budget is settled by measurement, once")
     if len(providers) != 1 or len(batches) != 1:
         raise UsageError("--latency: give one provider and one batch size")
-    route = locate.route(providers[0])
-    if route.kind != locate.IN_PROCESS:
-        raise UsageError(f"--provider {short_name(providers[0])}: "
-                         + (route.reason or "--latency needs it in this process's onnxruntime"))
-    budgets = [parse_budget(item) for item in split_list(latency_spec, "--latency")]
-    try:
-        tol = parse_tolerance(latency_tolerance)
-    except ValueError:
-        raise UsageError(f"--latency-tolerance '{latency_tolerance}': give a fraction in "
-                         f"(0, 1) or a percentage like 5%") from None
+    budgets, tol = latency_arguments(latency_spec, latency_tolerance, providers[0])
     with ResultStore(path) as store, render.sweep_progress(True) as progress:
         return sweep_latency(list(models), split_list(strategy, "--strategy"), budgets,
                              provider=providers[0], settings=settings, batch=batches[0] or 1,
