@@ -202,10 +202,12 @@ def reachable_bounds(plan_for: Callable[[float], object]) -> tuple[float, float]
 
 def scale_to_latency(loaded, strategy: str, budget: tuple[str, float], *, provider: str,
                      settings, batch: int, tolerance: float, predictor, store,
-                     options, output, progress: Callable[[str], None] | None = None) -> dict:
+                     options, output, progress: Callable[[str], None] | None = None,
+                     base_ms: float | None = None) -> dict:
     """Search, measure and write the model of ``strategy`` that meets ``budget`` on
     ``provider``; the result's JSON (measured p50 with its interval, predicted p50, flops,
-    params, acts, every measurement), or `Refused`."""
+    params, acts, every measurement), or `Refused`.  ``base_ms``: the base model's p50 when
+    already measured (a ratio budget measures it otherwise)."""
     import dataclasses
 
     from .calibration import profile_model
@@ -263,10 +265,10 @@ def scale_to_latency(loaded, strategy: str, budget: tuple[str, float], *, provid
         return measured_models[model]
 
     kind, value = budget
-    base_ms = None
     if kind == "ratio":
-        say("measuring the base model")
-        base_ms = timed(loaded, loaded.source).p50_ms
+        if base_ms is None:   # a grid measures its base model once (``base_ms``)
+            say("measuring the base model")
+            base_ms = timed(loaded, loaded.source).p50_ms
         budget_ms = value * base_ms
     else:
         budget_ms = value

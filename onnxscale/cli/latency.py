@@ -56,6 +56,7 @@ def scale_latency(ctx, model, *, strategy, alpha, flops, multipliers, preset, la
                                max_bytes=parse_bytes(max_size))
         loaded = load_model(model)
         results = []
+        base_ms = None   # measured once for every ratio budget of the grid
         from rich.console import Console
 
         console = Console(stderr=True)
@@ -71,7 +72,8 @@ def scale_latency(ctx, model, *, strategy, alpha, flops, multipliers, preset, la
                         loaded, name, budget, provider=provider, settings=settings,
                         batch=measure_batch, tolerance=tol, predictor=predictor, store=store,
                         options=options, output=target,
-                        progress=lambda text, _s=status: _s.update(text)))
+                        progress=lambda text, _s=status: _s.update(text), base_ms=base_ms))
+                base_ms = results[-1]["latency"]["base_ms"] or base_ms
     finally:
         store.close()
     if as_json:
