@@ -265,3 +265,59 @@ def test_sweep_latency_bad_input_is_one_line_and_exit_2(tmp_path, args):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert not db.exists()
+
+
+def test_validate_predictor_holds_out_each_model_and_its_family():
+    """scripts/validate_predictor.py's protocol on synthetic profiles: a held-out model is
+    never in its own training set (nor its scaled variants, nor with --family its family);
+    the truth is the rounds' p50 and 'remeasured' the profile's own."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "validate_predictor.py"
+    spec = importlib.util.spec_from_file_location("validate_predictor", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    assert script.base_of("zoo:regnety-400mf.d2x") == "zoo:regnety-400mf"
+    assert script.family_of("zoo:resnet-50", {}) == "resnet"
+    assert script.family_of("torchvision:resnet50", dict(script.VALIDATION)) == "resnet"
+    assert len(script.VALIDATION) >= 20
+
+    profiles = _synthetic_models(8, seed=3)
+    names = ["torchvision:resnet18", "torchvision:resnet50", "timm:dla34", "zoo:resnet-18",
+             "zoo:resnet-18.d2x", "zoo:efficientnet-b0", "timm:ghostnet_100", "zoo:regnetx-400mf"]
+    samples = []
+    for profile, name in zip(profiles, names):
+        sample = P.sample_from_profile(profile | {"model": name})
+        sample.group = script.family_of(script.base_of(name), dict(script.VALIDATION))
+        sample.validation = name in dict(script.VALIDATION)
+        samples.append(sample)
+    truth = {s.model: s.p50_ms * 1.1 for s in samples}
+    seen = []
+    original = P.fit
+
+    def spy(train):
+        seen.append([s.model for s in train])
+        return original(train)
+
+    P.fit = spy
+    try:
+        by_model = script.held_out(samples, lambda held, s: script.base_of(s.model)
+                                   == script.base_of(held.model), truth)
+        by_family = script.held_out(samples, lambda held, s: s.group == held.group, truth)
+    finally:
+        P.fit = original
+    assert [e["model"] for e in by_model] == ["torchvision:resnet18", "torchvision:resnet50",
+                                               "timm:dla34", "timm:ghostnet_100"]
+    for entry, train in zip(by_model + by_family, seen):
+        assert entry["model"] not in train
+    family_train = dict(zip([e["model"] for e in by_family], seen[len(by_model):]))
+    assert not any("resnet" in name for name in family_train["torchvision:resnet50"])
+    assert "zoo:resnet-18" in seen[1]           # model-out keeps the zoo ResNet
+    for entry in by_model:
+        assert entry["measured"] == pytest.approx(truth[entry["model"]])
+        assert entry["remeasured"] == pytest.approx(truth[entry["model"]] / 1.1)
+    # the synthetic layer times are exact: every held-out model is predicted within 10% of
+    # the profile's p50, i.e. the truth's 1.1 factor shows as +-0.1 at most
+    assert script.summary(by_model)["layers"]["within_10"] == 1.0
