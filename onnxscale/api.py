@@ -409,6 +409,7 @@ def bench(models: ModelArg | Sequence[ModelArg], providers: str | Sequence[str] 
 
 def profile(model: ModelArg, provider: str = "cpu", *, threads: int | None = None,
             batch: int | None = 1, precision: str = "fp32", runs: int = 20,
+            input_shapes: InputShapes = None,
             db: str | os.PathLike | None = None) -> "Profile":
     """Per-layer runtime (``onnxscale profile``): the model's p50 by bench's method, then ONNX
     Runtime's profiler in a separate pass, each kernel mapped back to the layer it ran for.
@@ -421,14 +422,15 @@ def profile(model: ModelArg, provider: str = "cpu", *, threads: int | None = Non
     from .store import ResultStore, default_db_path
 
     names = parse_providers(_names(provider))
-    settings = make_settings(names, threads=threads, precision=precision)
+    settings = make_settings(names, threads=threads, precision=precision,
+                             input_shapes=input_shapes_of(input_shapes))
     with ResultStore(db if db is not None else default_db_path()) as store:
         return profile_model(load(model, lazy=False), names[0], settings, batch=batch,
                              store=store, runs=runs)
 
 
 def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = None,
-            batch: int = 1, precision: str = "fp32",
+            batch: int = 1, precision: str = "fp32", input_shapes: InputShapes = None,
             db: str | os.PathLike | None = None) -> Prediction:
     """A model's p50 on this machine predicted from the profiles stored in ``db``
     (``onnxscale predict``): ``predicted_ms``, ``interval`` (relative, 95% of held-out
@@ -443,7 +445,8 @@ def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = Non
     settings = make_settings(names, threads=threads, precision=precision)
     with ResultStore(db if db is not None else default_db_path()) as store:
         fitted = stored_predictor(store, names[0], settings, batch=batch, interval=True)
-    return Prediction(**predict_model(fitted, load(model, lazy=False), batch))
+    return Prediction(**predict_model(fitted, load(model, lazy=False), batch,
+                                      input_shapes_of(input_shapes)))
 
 
 def sweep(models: str | Sequence[str], strategies: str | Sequence[str] = "d,w,r,dw,dwr,dWr",

@@ -54,7 +54,8 @@ def stored_predictor(store, provider: str, settings, *, batch: int, interval: bo
     return P.with_interval(samples) if interval else P.fit(samples)
 
 
-def predict_model(fitted, loaded: LoadedModel, batch: int | None) -> dict:
+def predict_model(fitted, loaded: LoadedModel, batch: int | None,
+                  input_shapes: dict[str, list[int]] | None = None) -> dict:
     """A model's predicted p50 by the layer-level predictor and the whole-model baselines,
     with the ten layers predicted to take longest."""
     from . import predictor as P
@@ -63,8 +64,8 @@ def predict_model(fitted, loaded: LoadedModel, batch: int | None) -> dict:
     from .runtime.inputs import prepare
     from .runtime_features import describe
 
-    prepared = prepare(loaded.proto, batch, {}, loaded.source)
-    graph = Graph(prepared.proto, {})
+    prepared = prepare(loaded.proto, batch, input_shapes or {}, loaded.source)
+    graph = Graph(prepared.proto, prepared.shapes)
     report = analyze(graph)
     layers = describe(graph, report)
     per_layer = fitted.predict_layers(layers)

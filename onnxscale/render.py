@@ -400,8 +400,10 @@ def print_profile(profile, top: int, db_path, console: Console | None = None) ->
     names = ("layer", "kind", "ms", "share", "flops", "params", "acts") + (
         ("kernels",) if wide else ())
     for name in names:
+        # long exporter names (/features/features.2/conv/...) wrap; the figures never do
         table.add_column(name, justify="left" if name in ("layer", "kind", "kernels")
-                         else "right", no_wrap=name != "kernels")
+                         else "right", no_wrap=name not in ("layer", "kernels"),
+                         overflow="fold")
     for layer in sorted(profile.layers, key=lambda item: -item.ms)[:top]:
         table.add_row(layer.name, layer.kind or layer.op, f"{layer.ms:.3f}",
                       f"{layer.ms / attributed:.1%}", human(layer.flops), human(layer.params),

@@ -321,3 +321,24 @@ def test_validate_predictor_holds_out_each_model_and_its_family():
     # the synthetic layer times are exact: every held-out model is predicted within 10% of
     # the profile's p50, i.e. the truth's 1.1 factor shows as +-0.1 at most
     assert script.summary(by_model)["layers"]["within_10"] == 1.0
+
+
+@pytest.mark.slow
+def test_predict_takes_input_shapes_for_symbolic_dims(calibrated, tmp_path):
+    """A model with symbolic height and width: predict says to fix them; at 160x160 it
+    predicts less than at the native 224x224."""
+    from onnxscale.model import load_model
+
+    proto = load_model("zoo:regnetx-400mf").proto
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(proto, str(path))
+    name = proto.graph.input[0].name
+    base = ["predict", str(path), "--threads", "1", "--db", calibrated, "--json"]
+    refused = CliRunner().invoke(main, base)
+    assert refused.exit_code != 0 and "--input-shape" in refused.output
+    small = CliRunner().invoke(main, base + ["--input-shape", f"{name}:1x3x160x160"])
+    large = CliRunner().invoke(main, base + ["--input-shape", f"{name}:1x3x224x224"])
+    assert small.exit_code == 0 and large.exit_code == 0, small.output + large.output
+    assert json.loads(small.output)["predicted_ms"] < json.loads(large.output)["predicted_ms"]

@@ -38,6 +38,13 @@ class OnnxscaleGroup(click.Group):
             _fail(ctx, f"error: {exc}", exc.exit_code)
         except KeyboardInterrupt:
             _fail(ctx, "interrupted", 130)
+        except BrokenPipeError:  # `onnxscale ... | head`: the reader left; nothing to say
+            import os
+            import sys
+
+            # further writes to the closed stdout (at exit) must not raise again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except Exception as exc:  # a bug: say so in one line, keep the traceback for --debug
             _fail(ctx, f"internal error: {type(exc).__name__}: {exc} "
                        f"(run with --debug for the traceback)", 3)

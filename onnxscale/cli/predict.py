@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .common import db_option, debug_enabled, json_option, print_json
+from .common import db_option, debug_enabled, input_shape_option, json_option, print_json
 
 
 def _config_options(command):
@@ -25,7 +25,7 @@ def _config_options(command):
     return command
 
 
-def _configuration(provider_spec, threads, batch_spec, precision, debug):
+def _configuration(provider_spec, threads, batch_spec, precision, debug, input_shapes=()):
     from ..runtime import parse_providers
     from ..runtime.settings import make_settings, parse_batches
 
@@ -33,7 +33,8 @@ def _configuration(provider_spec, threads, batch_spec, precision, debug):
     if len(providers) != 1:
         raise UsageError(f"--provider '{provider_spec}': give one provider")
     batch = parse_batches(batch_spec)[0]
-    settings = make_settings(providers, threads=threads, precision=precision, debug=debug)
+    settings = make_settings(providers, threads=threads, precision=precision, debug=debug,
+                             input_shapes=input_shapes)
     return providers[0], batch, settings
 
 
@@ -46,14 +47,15 @@ def _store(db_path):
 @click.command("profile")
 @click.argument("model")
 @_config_options
+@input_shape_option
 @click.option("--runs", default="20", show_default=True, metavar="N",
               help="Profiled runs (after bench's own timing of the whole model).")
 @click.option("--top", default=20, show_default=True, help="Layers shown in the table.")
 @click.option("--csv", "as_csv", is_flag=True, help="Every layer as CSV on stdout.")
 @json_option
 @click.pass_context
-def profile(ctx, model, provider_spec, threads, batch_spec, precision, db_path, runs, top,
-            as_csv, as_json):
+def profile(ctx, model, provider_spec, threads, batch_spec, precision, db_path, input_shapes,
+            runs, top, as_csv, as_json):
     """Per-layer runtime from ONNX Runtime's profiler, joined to flops, params and acts.
 
     The whole-model p50 comes from bench's method; the profile is a separate pass, its
@@ -64,7 +66,7 @@ def profile(ctx, model, provider_spec, threads, batch_spec, precision, db_path, 
     from ..runtime.settings import positive_int
 
     provider, batch, settings = _configuration(provider_spec, threads, batch_spec, precision,
-                                               debug_enabled(ctx))
+                                               debug_enabled(ctx), input_shapes)
     loaded = load_model(model)
     with _store(db_path) as store:
         found = profile_model(loaded, provider, settings, batch=batch, store=store,
@@ -94,9 +96,11 @@ def profile(ctx, model, provider_spec, threads, batch_spec, precision, db_path, 
 @click.command("predict")
 @click.argument("model")
 @_config_options
+@input_shape_option
 @json_option
 @click.pass_context
-def predict(ctx, model, provider_spec, threads, batch_spec, precision, db_path, as_json):
+def predict(ctx, model, provider_spec, threads, batch_spec, precision, db_path, input_shapes,
+            as_json):
     """Predict a model's p50 on this machine from the stored profiles, with an interval,
     the paper's whole-model baselines, and the layers that dominate."""
     from .. import predictor as P
@@ -105,11 +109,11 @@ def predict(ctx, model, provider_spec, threads, batch_spec, precision, db_path, 
     from ..runtime.providers import short_name
 
     provider, batch, settings = _configuration(provider_spec, threads, batch_spec, precision,
-                                               debug_enabled(ctx))
+                                               debug_enabled(ctx), input_shapes)
     with _store(db_path) as store:
         fitted = stored_predictor(store, provider, settings, batch=batch or 1, interval=True)
     loaded = load_model(model)
-    result = predict_model(fitted, loaded, batch)
+    result = predict_model(fitted, loaded, batch, settings.input_shapes)
     result |= {"provider": short_name(provider), "threads": settings.threads}
     if as_json:
         print_json(result)

@@ -63,6 +63,11 @@ class PreparedModel:
     batch_outputs: list[str]                 # outputs whose dim 0 must follow the batch
     _payloads: dict = field(default_factory=dict, repr=False)
 
+    @property
+    def shapes(self) -> dict[str, list[int]]:
+        """Every fed input's dims, as `graph.Graph` takes them (symbolic dims resolved)."""
+        return {spec.name: list(spec.dims) for spec in self.specs}
+
     def payload(self, fp16: bool) -> bytes | str:
         """Serialized model (fp16-converted if asked), cached; a path for >1.8 GB models."""
         if fp16 not in self._payloads:

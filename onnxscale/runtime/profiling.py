@@ -184,7 +184,7 @@ def profile(prepared, provider: str, settings, *, model: str, runs: int = 20) ->
     os.remove(path)
     os.rmdir(folder)
     kernels = parse_trace(events, runs + 1)
-    graph = Graph(prepared.proto, {})
+    graph = Graph(prepared.proto, prepared.shapes)
     report = analyze(graph)
     layers, unattributed = join(graph, report, kernels)
     fused = provider in (P.TENSORRT, P.TENSORRT_RTX) and len(kernels) <= 3
