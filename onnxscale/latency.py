@@ -304,7 +304,7 @@ def sweep_latency(models: list[str], strategies: list[str], budgets: list[tuple[
     import tempfile
 
     from .calibration import profile_model, stored_predictor
-    from .model import load_model
+    from .model import load_model, model_stem
     from .runtime import fingerprint as fingerprint_mod
     from .runtime import model_hash
     from .scaling.plan import ScaleOptions
@@ -342,7 +342,7 @@ def sweep_latency(models: list[str], strategies: list[str], budgets: list[tuple[
                 budget_ms = value * base["p50_ms"] if kind == "ratio" else value
                 folder = keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))
                 folder.mkdir(parents=True, exist_ok=True)
-                stem = Path(loaded.source.removeprefix("zoo:")).name.removesuffix(".onnx")
+                stem = model_stem(loaded.source)
                 try:
                     made = scale_to_latency(
                         loaded, strategy, ("absolute", budget_ms), provider=provider,

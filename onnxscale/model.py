@@ -40,6 +40,19 @@ class LoadedModel:
     rewritten: dict[str, int] = field(default_factory=dict)
 
 
+def model_stem(source: str) -> str:
+    """The name files made from ``source`` start with: ``zoo:NAME``, ``torchvision:NAME`` and
+    ``timm:NAME`` give NAME (a colon in a file name breaks Windows, and ``scp``/``rsync`` read
+    ``host:path``), a path its file name without ``.onnx``."""
+    if source.startswith(ZOO_PREFIX):
+        name = source[len(ZOO_PREFIX):]
+    elif is_hub_model(source):
+        name = source.split(":", 1)[1]
+    else:
+        name = Path(source).name.removesuffix(".onnx")
+    return re.sub(r"[^\w.+-]", "-", name) or "model"
+
+
 def load_model(spec: str, *, seed: int = 0, lazy: bool = False) -> LoadedModel:
     """Load ``spec`` (a path, ``zoo:NAME``, ``torchvision:NAME`` or ``timm:NAME``) and check
     it is an ONNX model we can read.

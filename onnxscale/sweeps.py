@@ -31,7 +31,7 @@ from .runtime import model_hash, run_bench
 from .runtime.providers import short_name
 from .runtime.settings import BenchSettings, effective_cuda_graph, effective_io_binding
 from .errors import OnnxscaleError, UsageError
-from .model import LoadedModel, load_model
+from .model import LoadedModel, load_model, model_stem
 from .store import ResultStore, options_key
 
 BASE = "base"        # the strategy name of factor 1: the base model itself
@@ -280,7 +280,7 @@ def make_scaled(loaded: LoadedModel, planner, strategy: Strategy, factor: float,
     planned = plan_job(planner, job, ScaleOptions(init="random", seed=settings.seed))
     folder = keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))
     folder.mkdir(parents=True, exist_ok=True)
-    stem = Path(loaded.source.removeprefix("zoo:")).name.removesuffix(".onnx")
+    stem = model_stem(loaded.source)
     path = folder / f"{stem}.{strategy.name.replace('=', '')}.{factor:g}x.onnx"
     summary = write_job(loaded, settings.input_shapes, planned, path, verify=False)
     made = facts | {

@@ -96,3 +96,30 @@ def test_pretrained_weights_are_never_downloaded(cache, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(OnnxscaleError, match="not on this machine.*downloads nothing"):
         exported(parse_spec("torchvision:resnet18", size=64, init="pretrained"), root=cache)
+
+
+@pytest.mark.parametrize("source, stem", [
+    ("torchvision:shufflenet_v2_x1_0", "shufflenet_v2_x1_0"),
+    ("timm:regnety_008", "regnety_008"),
+    ("zoo:efficientnet-b0", "efficientnet-b0"),
+    ("models/net.onnx", "net"),
+    ("timm:hf/odd name", "hf-odd-name"),
+])
+def test_files_made_from_a_model_by_name_have_no_colon_in_their_name(source, stem):
+    """A scaled torchvision export was once written as ``torchvision:NAME.w2.onnx``: a name
+    Windows refuses and ``scp`` reads as a host."""
+    from pathlib import Path
+
+    from onnxscale.cli.latency import _grid_name
+    from onnxscale.model import model_stem
+    from onnxscale.scaling.job import Job, grid_output
+    from onnxscale.scaling.pipeline import default_output
+    from onnxscale.scaling.plan import Multipliers, ScaleOptions
+
+    assert model_stem(source) == stem
+    single = default_output(source, Multipliers(w=2.0), ScaleOptions())
+    assert single.name == f"{stem}.w2.onnx"
+    assert single.parent == (Path("models") if source.startswith("models/") else Path("."))
+    grid = grid_output(source, Job(strategy="dWr", flops="2x"), Path("out"))
+    assert grid == Path("out") / f"{stem}.dWr.2x.onnx"
+    assert _grid_name(source, "dWr", "25ms") == f"{stem}.dWr.25ms.onnx"

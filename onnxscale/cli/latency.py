@@ -84,9 +84,9 @@ def scale_latency(ctx, model, *, strategy, alpha, flops, multipliers, preset, la
 
 
 def _grid_name(source: str, strategy: str, tag: str) -> str:
-    stem = source[4:] if source.startswith("zoo:") else Path(source).name
-    stem = stem[:-5] if stem.endswith(".onnx") else stem
-    return f"{stem}.{strategy.replace('=', '')}.{tag}.onnx"
+    from ..model import model_stem
+
+    return f"{model_stem(source)}.{strategy.replace('=', '')}.{tag}.onnx"
 
 
 def _print(result: dict) -> None:

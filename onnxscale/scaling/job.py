@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .. import external
 from ..errors import OnnxscaleError, UsageError
+from ..model import model_stem
 from .pipeline import (Planner, apply_plan, check, check_base, compare_outputs,
                        default_output, stamp)
 from .plan import Multipliers, Plan, ScaleOptions
@@ -153,8 +154,7 @@ def _base_resolution(planner: Planner) -> int:
 
 def grid_output(source: str, job: Job, folder: Path) -> Path:
     """``folder/MODEL.dWr.4x.onnx`` (or ``MODEL.efficientnet-b2.onnx``)."""
-    stem = source[4:] if source.startswith("zoo:") else Path(source).name
-    stem = stem[:-5] if stem.endswith(".onnx") else stem
+    stem = model_stem(source)
     tag = job.preset or f"{job.strategy}.{job.flops}".replace("/", "_").replace("=", "")
     return folder / f"{stem}.{tag}.onnx"
 

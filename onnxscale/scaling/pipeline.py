@@ -30,9 +30,11 @@ from .. import external
 from ..version import __version__
 from ..complexity import Report, analyze
 from ..errors import OnnxscaleError, UsageError, first_line
+from ..export import is_hub_model
 from ..feeds import random_feeds
 from ..graph import Graph, contradicts, declared_dims, with_input_dims
 from ..hollow import hollow_model
+from ..model import model_stem
 from .depth.deepen import scale_depth
 from .plan import (INIT_POLICIES, Edit, Multipliers, Plan, ScaleOptions, ScaleOutcome,
                    format_bytes)
@@ -395,16 +397,15 @@ def check_base(proto: onnx.ModelProto, source: str) -> None:
 
 
 def default_output(source: str, multipliers: Multipliers, options: ScaleOptions) -> Path:
-    """``MODEL.w2.onnx`` beside the input (zoo models: in the current folder)."""
+    """``MODEL.w2.onnx`` beside the input (models by name: in the current folder)."""
     parts = [f"{key}{_fmt(value)}" for key, value in multipliers.as_dict().items() if value != 1]
     if options.batch is not None:
         parts.append(f"b{options.batch}")
     suffix = "." + ".".join(parts) if parts else ".scaled"
-    if source.startswith("zoo:"):
-        return Path(source[4:] + suffix + ".onnx")
-    path = Path(source)
-    stem = path.name[:-5] if path.name.endswith(".onnx") else path.name
-    return path.with_name(stem + suffix + ".onnx")
+    name = model_stem(source) + suffix + ".onnx"
+    if source.startswith("zoo:") or is_hub_model(source):
+        return Path(name)
+    return Path(source).with_name(name)
 
 
 def _fmt(value: float) -> str:
