@@ -303,6 +303,22 @@ def analyze_panels(rows: list[dict]) -> list[dict]:
     return out
 
 
+# beyond this many times a sweep's cells, "about N cells would tell" is an extrapolation
+# nobody should act on: the two correlations are practically equal
+HOPELESS_GROWTH = 10
+
+
+def _cells_to_tell(gap: dict) -> str:
+    """What more data would settle a correlation gap the sweep cannot decide."""
+    needed = gap.get("cells_needed")
+    if not needed:
+        return ""
+    if needed > HOPELESS_GROWTH * gap["cells"]:
+        return ("; the two correlations differ by too little for more cells of this sweep "
+                "to tell (strategies that move the two metrics apart would)")
+    return f"; about {needed} cells (or tighter rounds) would tell"
+
+
 def finding(panel: dict) -> str:
     """One plain-language sentence from the numbers of a panel."""
     where = f"on {panel['provider']} ({panel['machine']}), {panel['model']} batch {panel['batch']}"
@@ -313,8 +329,7 @@ def finding(panel: dict) -> str:
     gap = panel.get("correlation_gap")
     other = gap["metrics"][1] if gap else ("acts" if top != "acts" else "flops")
     if gap and not gap["decided"] and other in r:
-        more = (f"; about {gap['cells_needed']} cells (or tighter rounds) would tell"
-                if gap.get("cells_needed") else "")
+        more = _cells_to_tell(gap)
         text = (f"{where}: runtime follows {top} (r = {r[top]:.3f}) and {other} "
                 f"(r = {r[other]:.3f}) alike: this sweep cannot tell them apart (difference "
                 f"{gap['difference']:.3f}, 95% interval {gap['interval'][0]:.3f} to "

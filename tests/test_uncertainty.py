@@ -211,6 +211,27 @@ def test_correlation_gap_decides_when_the_data_can_and_says_when_it_cannot():
     assert vague["cells_needed"] is None or vague["cells_needed"] > 7
 
 
+def _panel(gap: dict) -> dict:
+    return {"model": "m", "provider": "cpu", "machine": "vm", "batch": 1,
+            "correlation": {"flops": 0.982, "acts": 0.980, "params": 0.9},
+            "correlation_gap": gap, "fastest": [], "noise": None}
+
+
+@pytest.mark.parametrize("needed, words", [
+    (40, "about 40 cells (or tighter rounds) would tell"),
+    # 52,775 cells for a 7-cell sweep was once printed: an extrapolation nobody can act on
+    (52775, "the two correlations differ by too little for more cells of this sweep to tell"),
+])
+def test_a_finding_that_cannot_tell_says_what_would(needed, words):
+    from onnxscale.reporting import finding
+
+    gap = {"metrics": ["flops", "acts"], "difference": 0.002, "interval": [-0.03, 0.4],
+           "decided": False, "cells": 7, "cells_needed": needed}
+    text = finding(_panel(gap))
+    assert "this sweep cannot tell them apart" in text and words in text
+    assert str(needed) not in text or needed == 40
+
+
 def test_ratio_interval_and_prediction_interval():
     low, high = evidence.ratio_interval([0.8, 0.82, 0.85, 0.79, 0.81, 0.83])
     assert 0.79 <= low <= 0.815 <= high <= 0.85
