@@ -258,10 +258,12 @@ class RaySweep(Sweep):
         kinds = [kind] if kind else list(dict.fromkeys(n.kind for n in self.nodes))
         pending = []
         for key in self._cell_keys(base_hash, strategy, factor, providers):
-            if any(self._settled(self.store.cell_status(key | {"fingerprint": k}))
-                   for k in kinds):
+            settled = [k for k in kinds
+                       if self._settled(self.store.cell_status(key | {"fingerprint": k}))]
+            if settled:
                 self.result.skipped += 1
                 self.handled += 1
+                self.result.add_earlier(self.store.cell(key | {"fingerprint": settled[0]}))
                 continue
             pending.append(key)
         return pending

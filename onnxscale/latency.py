@@ -326,7 +326,7 @@ def sweep_latency(models: list[str], strategies: list[str], budgets: list[tuple[
                                   runs=10, family=loaded.source)
             base = _base_cell(key | {"strategy": BASE, "factor": 1.0}, loaded.source, found)
             store.save_cell(base)
-        done = {(c["strategy"], c.get("latency_budget"))
+        done = {(c["strategy"], c.get("latency_budget")): c
                 for c in store.cells(base=digest) if c.get("latency_budget")
                 and c["fingerprint"] == machine and c["provider"] == provider
                 and c["batch"] == batch and c.get("options") == options}
@@ -338,6 +338,7 @@ def sweep_latency(models: list[str], strategies: list[str], budgets: list[tuple[
                     progress(handled, total, f"{loaded.source} {strategy} to {label}")
                 if (strategy, label) in done:
                     result.skipped += 1
+                    result.add_earlier(done[(strategy, label)])
                     continue
                 budget_ms = value * base["p50_ms"] if kind == "ratio" else value
                 folder = keep or Path(tempfile.mkdtemp(prefix="onnxscale-sweep."))

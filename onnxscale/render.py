@@ -170,16 +170,18 @@ def print_sweep(result, db_path, console: Console | None = None,
     from .runtime.providers import short_name
 
     console = console or Console()
-    several = len({c.get("fingerprint") for c in result.cells if c.get("factor")}) > 1
+    cells = result.whole()   # this run's cells and those an earlier run finished
+    several = len({c.get("fingerprint") for c in cells if c.get("factor")}) > 1
     distinct = {(c.get("base_hash", c["base"]), c["strategy"], c["factor"], c["provider"],
                  c["batch"], c.get("fingerprint")) for c in result.cells if c["status"] != "failed"}
     measured = (f"{result.done} cell(s) measured" if len(distinct) == result.done else
                 f"{len(distinct)} cell(s) measured in {result.done} rounds in all")
-    table = Table(title=f"sweep: {measured}, {result.skipped} already done, {result.failed} "
-                        f"failed", title_justify="left", box=box.SIMPLE_HEAD)
+    earlier = len(cells) - len(result.cells)
+    table = Table(title=f"sweep: {measured}, {earlier} already done, {result.failed} failed",
+                  title_justify="left", box=box.SIMPLE_HEAD)
     columns: list[tuple[str, str]] = []   # (provider and batch, machine or "")
     rows: dict[tuple, dict] = {}
-    for cell in result.cells:
+    for cell in cells:
         if cell.get("factor") is None:   # a budget sweep --latency could not meet: below
             continue
         strategy = cell["strategy"] + (f" @{cell['latency_budget']}"
@@ -209,6 +211,12 @@ def print_sweep(result, db_path, console: Console | None = None,
     failed = [c for c in result.cells if c["status"] == "failed"]
     for reason in dict.fromkeys(c["reason"] for c in failed):
         console.print(f"[dim]failed: {reason}[/]")
+    unsettled = [c for c in cells[len(result.cells):] if c.get("status") != "ok"]
+    if unsettled:
+        statuses = " or ".join(sorted({c["status"] for c in unsettled}))
+        console.print(f"[dim]{len(unsettled)} cell(s) stored as {statuses} by an "
+                      f"earlier run were not tried again: --retry-failed does (after changing "
+                      f"--tolerance, for instance)[/]")
     for note in result.notes:
         console.print(f"[dim]note: {note}[/]")
     console.print(f"saved to {db_path}")

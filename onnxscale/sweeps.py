@@ -51,10 +51,30 @@ class SweepResult:
     failed: int = 0
     cells: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # what the user should know of the run
+    # cells of this sweep already stored and not redone by this run: a rerun of a finished
+    # sweep shows its whole table, not an empty one
+    earlier: list[dict] = field(default_factory=list)
+
+    def add_earlier(self, cell: dict | None) -> None:
+        if cell is not None and all(cell_identity(cell) != cell_identity(c)
+                                    for c in self.earlier):
+            self.earlier.append(cell)
+
+    def whole(self) -> list[dict]:
+        """This run's cells, then the earlier ones it did not redo."""
+        redone = {cell_identity(c) for c in self.cells}
+        return self.cells + [c for c in self.earlier if cell_identity(c) not in redone]
 
     def to_json(self) -> dict:
         return {"done": self.done, "skipped": self.skipped, "failed": self.failed,
-                "cells": self.cells, "notes": self.notes}
+                "cells": self.cells, "earlier": self.earlier, "notes": self.notes}
+
+
+def cell_identity(cell: dict) -> tuple:
+    """What tells two stored cells apart (the store's key, plus a --latency budget)."""
+    return (cell.get("base_hash", cell.get("base")), cell.get("strategy"), cell.get("factor"),
+            cell.get("provider"), cell.get("batch"), str(cell.get("options")),
+            cell.get("fingerprint"), cell.get("latency_budget"))
 
 
 ProgressFn = Callable[[int, int, str], None]
@@ -189,6 +209,8 @@ class Sweep:
             if not self._settled(status) or (
                     status == "ok" and rounds_done(stored) <= round_index):
                 pending.append(key | machine)
+            else:
+                self.result.add_earlier(stored)
         return pending
 
     def _cell_keys(self, base_hash: str, strategy: Strategy, factor: float,

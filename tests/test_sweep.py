@@ -89,6 +89,15 @@ def test_base_once_failed_cells_and_retry(tmp_path):
                                "1x,2x,1.3x", "--db", str(db), *FAST, "--json",
                                check=True).stdout)
     assert (again["done"], again["failed"], again["skipped"]) == (0, 0, 5)
+    assert len(again["earlier"]) == 5 and again["cells"] == []
+    # a rerun shows the whole sweep, not an empty table, and says why d x1.3 was not retried
+    table = run_cli("sweep", "zoo:resnet-18", "--strategy", "w,d", "--flops", "1x,2x,1.3x",
+                    "--db", str(db), *FAST, check=True).stdout
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith("zoo:")]
+    assert sorted((r[1], r[2]) for r in rows) == [("base", "1x"), ("d", "1.3x"), ("d", "2x"),
+                                                  ("w", "1.3x"), ("w", "2x")]
+    assert [r[-1] for r in rows if r[1:3] == ["d", "1.3x"]] == ["failed"]
+    assert "1 cell(s) stored as failed by an earlier run were not tried again" in table
     retried = json.loads(run_cli("sweep", "zoo:resnet-18", "--strategy", "w,d", "--flops",
                                  "1x,2x,1.3x", "--db", str(db), *FAST, "--json",
                                  "--retry-failed", "--tolerance", "30%", check=True).stdout)
@@ -96,7 +105,7 @@ def test_base_once_failed_cells_and_retry(tmp_path):
     assert ("d", 1.3, "ok") in cells(db) and len(cells(db)) == 5
     table = run_cli("sweep", "zoo:resnet-18", "--strategy", "w,d", "--flops", "1x,2x,1.3x",
                     "--db", str(db), *FAST, check=True).stdout
-    assert "5 already done" in table
+    assert "5 already done" in table and "not tried again" not in table
 
 
 def test_store_cells_are_upserted_never_duplicated(tmp_path):
