@@ -436,15 +436,13 @@ def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = Non
     (``onnxscale predict``): ``predicted_ms``, ``interval`` (relative, 95% of held-out
     models), the whole-model ``baselines`` and the ``layers`` predicted to take longest.
     Raises `onnxscale.Error` saying what to run when too few models are profiled."""
-    from .calibration import predict_model, stored_predictor
+    from .calibration import predict_model, predictor_in
     from .runtime import parse_providers
     from .runtime.settings import make_settings
-    from .store import ResultStore, default_db_path
 
     names = parse_providers(_names(provider))
     settings = make_settings(names, threads=threads, precision=precision)
-    with ResultStore(db if db is not None else default_db_path()) as store:
-        fitted = stored_predictor(store, names[0], settings, batch=batch, interval=True)
+    fitted = predictor_in(db, names[0], settings, batch=batch, interval=True)
     return Prediction(**predict_model(fitted, load(model, lazy=False), batch,
                                       input_shapes_of(input_shapes)))
 

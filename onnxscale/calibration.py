@@ -10,6 +10,7 @@ by the options a predictor is specific to (threads, precision); it holds the per
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 from .errors import OnnxscaleError, UsageError
@@ -38,20 +39,39 @@ def stored_predictor(store, provider: str, settings, *, batch: int, interval: bo
     what to run, below `predictor.MIN_MODELS` profiled models."""
     from . import predictor as P
     from .runtime import fingerprint as fingerprint_mod
-    from .runtime.providers import short_name
 
     samples = P.load(store, provider=provider, options=predictor_options(settings),
                      batch=batch, fingerprint=fingerprint_mod.collect()["id"])
     if len(samples) < P.MIN_MODELS:
-        flags = (f" --threads {settings.threads}" if settings.threads else "") + (
-            f" --batch {batch}" if batch != 1 else "") + (
-            f" --precision {settings.precision}" if settings.precision != "fp32" else "")
-        raise OnnxscaleError(
-            f"the store has {len(samples)} profiled model(s) for {short_name(provider)} "
-            f"({settings.threads or 'default'} threads, batch {batch}, {settings.precision}) "
-            f"on this machine and a runtime prediction needs {P.MIN_MODELS}: run `onnxscale "
-            f"calibrate --provider {short_name(provider)}{flags}` first")
+        raise too_few_profiles(len(samples), provider, settings, batch)
     return P.with_interval(samples) if interval else P.fit(samples)
+
+
+def predictor_in(db, provider: str, settings, *, batch: int, interval: bool = False):
+    """`stored_predictor` of the results database at ``db`` (None: the default one), which
+    only reads: a database that is not there is refused like an empty one, and not made."""
+    from .store import ResultStore, default_db_path
+
+    path = Path(db).expanduser() if db is not None else default_db_path()
+    if not path.exists():
+        raise too_few_profiles(0, provider, settings, batch)
+    with ResultStore(path) as store:
+        return stored_predictor(store, provider, settings, batch=batch, interval=interval)
+
+
+def too_few_profiles(count: int, provider: str, settings, batch: int) -> OnnxscaleError:
+    """The refusal of a prediction, with the command that fixes it."""
+    from . import predictor as P
+    from .runtime.providers import short_name
+
+    flags = (f" --threads {settings.threads}" if settings.threads else "") + (
+        f" --batch {batch}" if batch != 1 else "") + (
+        f" --precision {settings.precision}" if settings.precision != "fp32" else "")
+    return OnnxscaleError(
+        f"the store has {count} profiled model(s) for {short_name(provider)} "
+        f"({settings.threads or 'default'} threads, batch {batch}, {settings.precision}) "
+        f"on this machine and a runtime prediction needs {P.MIN_MODELS}: run `onnxscale "
+        f"calibrate --provider {short_name(provider)}{flags}` first")
 
 
 def predict_model(fitted, loaded: LoadedModel, batch: int | None,

@@ -4,6 +4,7 @@ of kernels to layers on real exports, and profile/predict through the CLI."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -148,6 +149,7 @@ def calibrated(tmp_path_factory):
                                    "--db", db])
     assert refused.exit_code == 1
     assert "onnxscale calibrate --provider cpu --threads 1" in refused.output
+    assert not Path(db).exists()  # a refused prediction leaves no empty database behind
     for model in CALIBRATION:
         done = runner.invoke(main, ["profile", model, "--threads", "1", "--runs", "3",
                                     "--db", db, "--json"])

@@ -105,4 +105,4 @@ def _print(result: dict) -> None:
                  f"{human(scaled['acts'])}")
     trail = ", ".join(f"{m['factor']:.3g}x flops {m['ms']:.2f} ms (predicted "
                       f"{m['predicted_ms']:.2f})" for m in lat["measurements"])
-    click.echo(f"  scaled models measured: {trail}; {lat['predictions']} plans predicted")
+    click.echo(f"  scaled models measured: {trail}; {lat['predictions']} plan(s) predicted")

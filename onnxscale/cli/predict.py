@@ -104,14 +104,13 @@ def predict(ctx, model, provider_spec, threads, batch_spec, precision, db_path, 
     """Predict a model's p50 on this machine from the stored profiles, with an interval,
     the paper's whole-model baselines, and the layers that dominate."""
     from .. import predictor as P
-    from ..calibration import predict_model, stored_predictor
+    from ..calibration import predict_model, predictor_in
     from ..model import load_model
     from ..runtime.providers import short_name
 
     provider, batch, settings = _configuration(provider_spec, threads, batch_spec, precision,
                                                debug_enabled(ctx), input_shapes)
-    with _store(db_path) as store:
-        fitted = stored_predictor(store, provider, settings, batch=batch or 1, interval=True)
+    fitted = predictor_in(db_path, provider, settings, batch=batch or 1, interval=True)
     loaded = load_model(model)
     result = predict_model(fitted, loaded, batch, settings.input_shapes)
     result |= {"provider": short_name(provider), "threads": settings.threads}
