@@ -438,6 +438,7 @@ def compare_along(rows: list[dict], analyzed: list[dict], axis: str,
                 "ratios": [{"strategy": s, "flops_factor": f, "ratio": v}
                            for (s, f), v in sorted(ratio.items(), key=lambda i: i[0][1])],
                 "follows": metric, "r": panel["correlation"].get(metric),
+                "follows_alike": _undecided(panel),
                 "fastest": {f["flops_factor"]: f["fastest"] for f in panel["fastest"]}})
         entry["fastest_differs_at"] = _disagreements(entry[plural], axis)
         entry["finding"] = comparison_finding(entry, axis)
@@ -463,6 +464,18 @@ def _disagreements(members: list[dict], axis: str) -> list[dict]:
             for f in sorted(shared) if len({m["fastest"][f] for m in members}) > 1]
 
 
+def _undecided(panel: dict) -> list[str]:
+    """The best-followed metric and its runner-up where the sweep cannot tell them apart
+    (empty when it can): a comparison must not claim what each panel says it cannot."""
+    gap = panel.get("correlation_gap")
+    return list(gap["metrics"]) if gap and not gap["decided"] else []
+
+
+def _followed_words(member: dict) -> str:
+    alike = member.get("follows_alike")
+    return f"{' or '.join(alike)} (not told apart)" if alike else str(member["follows"])
+
+
 def comparison_finding(entry: dict, axis: str) -> str:
     """One sentence comparing the members of a group (machines, or providers)."""
     members = entry[axis + "s"]
@@ -480,10 +493,10 @@ def comparison_finding(entry: dict, axis: str) -> str:
                      f"{entry['reference']}"
                      + (f" (95% interval {sure[0]:.2f}-{sure[1]:.2f}x;" if sure else " (")
                      + f" {low:.2f}-{high:.2f}x over the cells);")
-    follows = {m["follows"] for m in members}
-    text += (f" runtime follows {follows.pop()} on all" if len(follows) == 1 else
-             " runtime follows " + ", ".join(f"{m['follows']} on {m[axis]}"
-                                            for m in members))
+    said = [_followed_words(m) for m in members]
+    text += (f" runtime follows {said[0]} on all" if len(set(said)) == 1 else
+             " runtime follows " + ", ".join(f"{words} on {m[axis]}"
+                                            for words, m in zip(said, members)))
     differs = entry["fastest_differs_at"]
     if differs:
         at = differs[-1]
@@ -861,7 +874,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      _ratio_cell(m),
                      "-" if not m["ratio_range"] else
                      f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
-                     f"{m['follows']} (r = {_fmt(m['r'])})",
+                     f"{_followed_words(m)} (r = {_fmt(m['r'])})",
                      ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
                     for e in summary["machines_compared"] for m in e["machines"]]))
     tables.append(("Providers compared (time relative to the first provider of a group)",
@@ -871,7 +884,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      _ratio_cell(m),
                      "-" if not m["ratio_range"] else
                      f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
-                     f"{m['follows']} (r = {_fmt(m['r'])})",
+                     f"{_followed_words(m)} (r = {_fmt(m['r'])})",
                      ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
                     for e in summary.get("providers_compared", []) for m in e["providers"]]))
     tables.append(("Growth exponents against flops (paper: dWr acts s^0.6, dwr s^0.83)",

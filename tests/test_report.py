@@ -142,7 +142,9 @@ def test_report_from_a_stored_sweep(tmp_path):
     assert [set(d["fastest"].values()) for d in differs] == [{"w", "d"}, {"w", "d"}]
     assert result["machines"] == [compared[0]["finding"]]
     assert "0.84x the time of" in result["machines"][0]
-    assert "runtime follows acts on" in result["machines"][0]
+    # 7 noise-free cells: each panel cannot tell its two metrics apart (resamples of only w's
+    # cells fit both perfectly), and the comparison says no more than the panels do
+    assert "runtime follows acts or flops (not told apart) on" in result["machines"][0]
     assert "the fastest strategy differs at 2 factor(s)" in result["machines"][0]
     assert (out / "machines.png").stat().st_size > 10_000
     page = (out / "index.html").read_text()
@@ -226,7 +228,8 @@ def test_providers_compared_and_empty_sections_left_out(tmp_path):
         "cpu", "openvino"]
     assert [p["follows"] for p in entry["providers"]] == ["acts", "flops"]
     assert [d["flops_factor"] for d in entry["fastest_differs_at"]] == [2.0, 4.0]
-    assert "2 providers" in entry["finding"] and "runtime follows acts on cpu" in entry["finding"]
+    assert "2 providers" in entry["finding"]
+    assert "runtime follows acts or flops (not told apart) on cpu" in entry["finding"]
     page = (tmp_path / "out" / "index.html").read_text()
     assert "Providers compared" in page and "Machines compared" not in page
     assert "<table><tr></tr>" not in page
@@ -264,3 +267,23 @@ def test_equal_runtime_interpolates_each_strategy_at_matched_measured_runtime():
     for item in rows:
         item["p50_ci"] = [item["p50_ms"] / 2, item["p50_ms"] * 2]
     assert equal_runtime(rows)[1]["ties"] == ["d"]
+
+
+def test_a_comparison_does_not_claim_what_its_panels_cannot_tell():
+    """Each provider's panel said 'cannot tell acts and params apart'; the comparison once
+    said 'runtime follows acts on cpu, params on openvino' all the same."""
+    from onnxscale.reporting import comparison_finding
+
+    def member(name, follows, alike):
+        return {"provider": name, "follows": follows, "follows_alike": alike,
+                "time_vs_reference": 1.0, "ratio_range": [1.0, 1.0], "ratio_interval": None}
+
+    entry = {"model": "m", "machine": "vm", "batch": 1, "reference": "cpu",
+             "fastest_differs_at": [],
+             "providers": [member("cpu", "acts", ["acts", "params"]),
+                           member("openvino", "params", ["params", "flops"])]}
+    text = comparison_finding(entry, "provider")
+    assert ("runtime follows acts or params (not told apart) on cpu, params or flops (not "
+            "told apart) on openvino") in text
+    entry["providers"] = [member("cpu", "flops", []), member("openvino", "flops", [])]
+    assert "runtime follows flops on all" in comparison_finding(entry, "provider")
