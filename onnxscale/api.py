@@ -172,14 +172,17 @@ class SweepSummary:
 
 @dataclass
 class Prediction:
-    """`predict`'s result: the predicted p50 (ms) with the relative half-width of its 95%
-    interval over held-out models, the whole-model baselines, and the layers predicted to
-    take longest."""
+    """`predict`'s result: the predicted p50 (ms) with its 95% interval over held-out models
+    (``interval``: the factor f of [p50 / f, p50 · f]; ``interval_ms``: those bounds), why it
+    may be less sure than that (``extrapolation``), the whole-model baselines (their
+    intervals as factors), and the layers predicted to take longest."""
 
     model: str
     batch: int
     predicted_ms: float
     interval: float | None
+    interval_ms: list[float] | None
+    extrapolation: str | None
     models: int                       # profiled models the predictor was fitted on
     baselines: dict[str, float]
     baseline_intervals: dict[str, float]

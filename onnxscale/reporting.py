@@ -130,18 +130,30 @@ def nonnegative_fit(features: np.ndarray, target: np.ndarray) -> np.ndarray:
 
     The optimum of a non-negative least-squares problem is the unconstrained optimum on its
     set of non-zero coefficients; with 3 features there are 7 such sets, so solving each
-    and keeping the best feasible one is exact (no solver library needed for this size)."""
+    and keeping the best feasible one is exact (no solver library needed for this size).
+    Each set is solved on the Gram matrix (n x n, formed once), so the rows' count costs
+    once, not once per set: the predictor's 8 features make 255 sets over thousands of
+    layers."""
     n = features.shape[1]
-    best, best_residual = np.zeros(n), float(np.sum(target ** 2))
+    gram, moment = features.T @ features, features.T @ target
+    total = float(target @ target)
+    best, best_residual = np.zeros(n), total
     for size in range(1, n + 1):
         for subset in itertools.combinations(range(n), size):
-            coef, *_ = np.linalg.lstsq(features[:, subset], target, rcond=None)
+            index = list(subset)
+            coef, *_ = np.linalg.lstsq(gram[np.ix_(index, index)], moment[index], rcond=None)
             if np.any(coef < 0):
                 continue
-            residual = float(np.sum((features[:, subset] @ coef - target) ** 2))
-            if residual < best_residual:
+            # |X c - y|^2 = y.y - 2 c.(X'y) + c.(X'X)c
+            residual = total - 2.0 * float(coef @ moment[index]) + float(
+                coef @ gram[np.ix_(index, index)] @ coef)
+            # equal residuals (collinear features): the smallest coefficients, as lstsq's
+            # minimum-norm solution would choose
+            tie = abs(residual - best_residual) <= 1e-9 * max(total, 1e-12)
+            if (residual < best_residual and not tie) or (
+                    tie and float(coef @ coef) < float(best @ best)):
                 best = np.zeros(n)
-                best[list(subset)] = coef
+                best[index] = coef
                 best_residual = residual
     return best
 

@@ -36,8 +36,9 @@ def _synthetic_models(count: int, seed: int = 0, noise: float = 0.0):
                                    float(rng.uniform(1e3, 2e6)))
             heavy = float(rng.choice([0.0, acts, 2 * acts]))
             features = np.array([flops / 1e6, 4 * (params + 2 * acts) / 1e6, 0.0, heavy / 1e6,
-                                 1.0])
-            ms = float(features @ np.array(TRUE[kind])) * (1 + noise * rng.standard_normal())
+                                 0.0, 0.0, 0.0, 1.0])
+            ms = float(features[[0, 1, 2, 3, -1]] @ np.array(TRUE[kind])) * (
+                1 + noise * rng.standard_normal())
             layers.append({"name": f"l{number}", "op": "Conv", "kind": kind, "flops": flops,
                            "params": params, "acts": acts, "ms": ms,
                            "detail": {"attached_light": 0, "attached_heavy": heavy}})
@@ -58,10 +59,11 @@ def test_the_predictor_recovers_known_coefficients():
     fitted = P.fit(samples)
     for kind, coefficients in TRUE.items():
         found = fitted.kinds[kind]
-        # the light-attached column is all zero: its coefficient is free; the others are exact
-        for index in (0, 1, 3, 4):
-            assert found[index] == pytest.approx(SPEED * coefficients[index], rel=1e-6,
-                                                 abs=1e-9)
+        # the light-attached and channel-block columns are all zero: their coefficients are
+        # free; the others are exact
+        for index, column in ((0, 0), (1, 1), (3, 3), (4, -1)):
+            assert found[column] == pytest.approx(SPEED * coefficients[index], rel=1e-6,
+                                                  abs=1e-9)
     assert fitted.scale == pytest.approx(1 / ATTRIBUTED, rel=1e-6)
     layers = [layer | layer["detail"] for layer in profiles[0]["layers"]]
     assert fitted.predict(layers) == pytest.approx(profiles[0]["p50_ms"], rel=1e-6)
@@ -74,6 +76,31 @@ def test_held_out_synthetic_models_are_predicted_and_the_baselines_are_worse():
     assert P.within(errors, "layers", 0.05) == 1.0
     # whole-model flops cannot see the kind mix: it must do worse on these models
     assert P.within(errors, "flops", 0.05) < 1.0
+
+
+def test_the_interval_is_a_factor_and_never_goes_below_zero():
+    """One model measured 3x faster than its layers say (overhead the others do not have):
+    held out, it is overpredicted 3x, the interval's factor takes that in, and the interval
+    stays positive (a ±200% interval once printed '-0.81-4.04 ms')."""
+    profiles = _synthetic_models(12, seed=3)
+    profiles[0]["p50_ms"] /= 3.0
+    fitted = P.with_interval([P.sample_from_profile(p) for p in profiles])
+    assert fitted.interval == pytest.approx(3.0, rel=1e-6)  # the 95th percentile: the outlier
+    low, high = P.interval_ms(10.0, fitted.interval)
+    assert (low, high) == pytest.approx((10 / 3, 30.0))
+    assert "3.33-30.00 ms" in P.describe_interval(10.0, fitted.interval)
+    assert "within x3.00" in P.describe_interval(10.0, fitted.interval)
+    assert all(f >= 1.0 for f in fitted.baseline_intervals.values())
+
+
+def test_a_model_outside_the_profiled_range_is_said_to_be_extrapolated():
+    samples = [P.sample_from_profile(p) for p in _synthetic_models(6, seed=4)]
+    fitted = P.fit(samples)
+    low, high = fitted.flops_range
+    assert low == min(s.flops for s in samples) and high == max(s.flops for s in samples)
+    assert fitted.extrapolation(low) is None and fitted.extrapolation(high * 1.9) is None
+    assert "fewer than any profiled model" in fitted.extrapolation(low / 3)
+    assert "more than any profiled model" in fitted.extrapolation(high * 3)
 
 
 def test_an_unseen_kind_borrows_the_fit_of_all_layers():

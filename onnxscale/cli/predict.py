@@ -120,10 +120,12 @@ def predict(ctx, model, provider_spec, threads, batch_spec, precision, db_path, 
     click.echo(f"{loaded.source} on {short_name(provider)}: "
                f"{P.describe_interval(result['predicted_ms'], fitted.interval)} "
                f"(layer-level predictor fitted on {fitted.models} profiled models)")
+    if result["extrapolation"]:
+        click.echo(f"note: {result['extrapolation']}")
     for name, value in result["baselines"].items():
         spread = fitted.baseline_intervals.get(name)
         click.echo(f"  whole-model baseline ({name}): {value:.2f} ms"
-                   + (f" (95% within ±{spread:.0%})" if spread is not None else ""))
+                   + (f" (95% {P.describe_factor(spread)})" if spread is not None else ""))
     click.echo("layers that dominate:")
     for layer in result["layers"][:5]:
         click.echo(f"  {layer['name']} ({layer['kind']}): {layer['ms']:.3f} ms, "
