@@ -59,12 +59,16 @@ FEATURES = ("MFLOPs", "MB moved", "M light", "M heavy",
 def layer_features(layer: dict) -> np.ndarray:
     """`FEATURES` of one described layer (a `runtime_features.describe` dict, or a stored
     profile's layer with its ``detail``): MFLOPs, MB moved, M light and heavy attached
-    elements, the MFLOPs again once per channel block the layer's channels are not a
-    multiple of, and 1 (the per-layer constant)."""
+    elements, the MFLOPs again once per channel block the layer's channels (a grouped conv's:
+    per group) are not a multiple of, and 1 (the per-layer constant)."""
     detail = layer.get("detail", layer)
     mflops = layer["flops"] / 1e6
-    cout = detail.get("cout") or 0
-    cin = (detail.get("cin_g") or 0) * (detail.get("groups") or 1)
+    cout, cin, groups = detail.get("cout") or 0, detail.get("cin_g") or 0, \
+        detail.get("groups") or 1
+    if groups > 1 and cin == 1:   # depthwise: its kernels block the channels themselves
+        cin = groups
+    elif groups > 1:              # grouped: one GEMM per group, blocked by the group's width
+        cout //= groups
     off = [mflops if (cout % block or (cin > 4 and cin % block)) else 0.0
            for block in CHANNEL_BLOCKS]
     return np.array([mflops, 4.0 * (layer["params"] + 2.0 * layer["acts"]) / 1e6,

@@ -78,6 +78,24 @@ def test_held_out_synthetic_models_are_predicted_and_the_baselines_are_worse():
     assert P.within(errors, "flops", 0.05) < 1.0
 
 
+@pytest.mark.parametrize("detail, off", [
+    ({"groups": 162, "cin_g": 1, "cout": 162}, [1, 1, 1]),    # ReXNet's slow depthwise conv
+    ({"groups": 432, "cin_g": 1, "cout": 432}, [0, 0, 0]),    # and its fast one
+    ({"groups": 504, "cin_g": 1, "cout": 504}, [0, 0, 1]),
+    ({"groups": 55, "cin_g": 8, "cout": 440}, [0, 0, 1]),     # RegNetY: 8 channels a group
+    ({"groups": 13, "cin_g": 16, "cout": 208}, [0, 0, 0]),    # 16 a group: blocks fit
+    ({"groups": 1, "cin_g": 3, "cout": 32}, [0, 0, 0]),       # a stem's 3 input channels
+    ({"groups": 1, "cin_g": 36, "cout": 120}, [0, 1, 1]),
+])
+def test_channels_off_the_simd_blocks_get_their_own_terms(detail, off):
+    layer = {"flops": 2e6, "params": 100, "acts": 1000,
+             "detail": detail | {"attached_light": 0, "attached_heavy": 0}}
+    features = P.layer_features(layer)
+    assert len(features) == len(P.FEATURES)
+    assert list(features[4:7]) == [2.0 * flag for flag in off]
+    assert features[0] == 2.0 and features[-1] == 1.0
+
+
 def test_the_interval_is_a_factor_and_never_goes_below_zero():
     """One model measured 3x faster than its layers say (overhead the others do not have):
     held out, it is overpredicted 3x, the interval's factor takes that in, and the interval
