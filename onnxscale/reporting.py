@@ -59,7 +59,7 @@ def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
             "p50_ms": cell.get("p50_ms") if cell.get("status") == "ok" else None,
             "status": cell["status"], "multipliers": cell.get("multipliers"),
             "inputs": cell.get("inputs"), "p95_ms": bench.get("p95_ms"), "cv": bench.get("cv"),
-            "p50_ci": bench.get("p50_ci_ms") if cell.get("status") == "ok" else None,
+            "p50_ci": _interval(cell, bench),
             "round_p50s": [r.get("p50_ms") for r in bench.get("rounds") or []],
             "unstable": (bench.get("stability") or {}).get("unstable"),
             "environment": bench.get("environment"),
@@ -67,6 +67,18 @@ def flat_rows(cells: list[dict], machines: dict[str, str]) -> list[dict]:
             "nodes_partial": placement.get("partial"), "outputs_ok": check.get("ok"),
             "outputs_rel_l2": check.get("rel_l2")})
     return rows
+
+
+def _interval(cell: dict, bench: dict) -> list[float] | None:
+    """A cell's stored p50 interval, at least as wide as Student's t of its rounds (cells
+    stored before bench widened it so)."""
+    from .runtime.uncertainty import at_least_t
+
+    ci = bench.get("p50_ci_ms")
+    if cell.get("status") != "ok" or not ci or not cell.get("p50_ms"):
+        return None
+    rounds = [r.get("p50_ms") for r in bench.get("rounds") or []]
+    return list(at_least_t(cell["p50_ms"], (ci[0], ci[1]), rounds))
 
 
 def write_rows_csv(rows: list[dict], path: Path) -> None:

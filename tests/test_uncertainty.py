@@ -262,3 +262,17 @@ def test_ratio_interval_and_prediction_interval():
         [1.02, 0.98, 1.01, 0.99, 1.03, 0.97]))
     assert 0.02 < half < 0.1
     assert evidence.noise_floor([{"round_p50s": [10, 10.2]}, {"round_p50s": [5]}])["cells"] == 1
+
+
+def test_the_report_widens_intervals_stored_before_the_t_rule():
+    """A cell stored with a narrow bootstrap interval over three rounds at 10, 11 and 12 ms:
+    the report reads it at least as wide as Student's t of the rounds (4.303 x 1 / sqrt 3)."""
+    from onnxscale.reporting import _interval
+
+    cell = {"status": "ok", "p50_ms": 11.0}
+    bench = {"p50_ci_ms": [10.9, 11.1], "rounds": [{"p50_ms": m} for m in (10.0, 11.0, 12.0)]}
+    low, high = _interval(cell, bench)
+    assert (low, high) == pytest.approx((11 - 4.303 / 3 ** 0.5, 11 + 4.303 / 3 ** 0.5))
+    one = {"p50_ci_ms": [10.9, 11.1], "rounds": [{"p50_ms": 11.0}]}
+    assert _interval(cell, one) == [10.9, 11.1]          # one round: as stored
+    assert _interval({"status": "failed"}, bench) is None

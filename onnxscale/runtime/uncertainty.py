@@ -80,11 +80,22 @@ def median_interval(rounds: list, level: float = LEVEL, draws: int = BOOTSTRAP,
         estimates = estimate + (estimates - estimate) * math.sqrt(k / (k - 1))
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(estimates, [tail, 100 - tail])
-    if len(medians) > 1:   # few rounds: the bootstrap undercovers what varies between them
-        half = student_t(level, len(medians) - 1) * float(np.std(medians, ddof=1)) / math.sqrt(
-            len(medians))
-        low, high = min(low, estimate - half), max(high, estimate + half)
+    low, high = at_least_t(estimate, (float(low), float(high)), medians, level)
     return estimate, float(min(low, estimate)), float(max(high, estimate))
+
+
+def at_least_t(estimate: float, interval: tuple[float, float], round_p50s: list[float],
+               level: float = LEVEL) -> tuple[float, float]:
+    """``interval`` widened to span Student's t interval of the round medians about
+    ``estimate`` (several rounds: a bootstrap over few of them undercovers what varies
+    between them); unchanged with fewer than two rounds.  The report applies it to cells
+    stored before intervals were widened this way."""
+    medians = [float(m) for m in round_p50s if m]
+    if len(medians) < 2:
+        return interval
+    half = student_t(level, len(medians) - 1) * float(np.std(medians, ddof=1)) / math.sqrt(
+        len(medians))
+    return min(interval[0], estimate - half), max(interval[1], estimate + half)
 
 
 # Student's t two-sided 95% quantiles, degrees of freedom 1-30
