@@ -891,31 +891,29 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                      ", ".join(f"{s} {v['params'] / 1e6:.2f}M"
                                for s, v in b["by_strategy"].items())]
                     for p in summary["panels"] for b in p.get("at_budgets", [])]))
-    tables.append(("Machines compared (time relative to the reference, the first of a group)",
-                   ["model", "provider", "batch", "machine", "cells",
-                    "time vs first [95%]", "range", "runtime follows", "fastest per factor"],
-                   [[e["model"], e["provider"], str(e["batch"]), m["machine"], str(m["cells"]),
-                     _ratio_cell(m),
-                     "-" if not m["ratio_range"] else
-                     f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
-                     f"{_followed_words(m)} (r = {_fmt(m['r'])})",
-                     ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
-                    for e in summary["machines_compared"] for m in e["machines"]]))
-    tables.append(("Providers compared (time relative to the first provider of a group)",
-                   ["model", "machine", "batch", "provider", "cells",
-                    "time vs first [95%]", "range", "runtime follows", "fastest per factor"],
-                   [[e["model"], e["machine"], str(e["batch"]), m["provider"], str(m["cells"]),
-                     _ratio_cell(m),
-                     "-" if not m["ratio_range"] else
-                     f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
-                     f"{_followed_words(m)} (r = {_fmt(m['r'])})",
-                     ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
-                    for e in summary.get("providers_compared", []) for m in e["providers"]]))
+    tables.append(_comparison_table(
+        "Machines compared (time relative to the reference, the first of a group)",
+        summary["machines_compared"], "machine", "provider"))
+    tables.append(_comparison_table(
+        "Providers compared (time relative to the first provider of a group)",
+        summary.get("providers_compared", []), "provider", "machine"))
     tables.append(("Growth exponents against flops (paper: dWr acts s^0.6, dwr s^0.83)",
                    ["model", "strategy", "acts", "params", "points"],
                    [[e["model"], e["strategy"], _fmt(e["acts"], 2), _fmt(e["params"], 2),
                      str(e["points"])] for e in summary["exponents"].values()]))
     return [table for table in tables if table[2]]  # a section with nothing to show is left out
+
+
+def _comparison_table(title: str, entries: list[dict], axis: str, held: str) -> tuple:
+    """One row per member (machine or provider) of each compared group (`compare_along`)."""
+    return (title, ["model", held, "batch", axis, "cells", "time vs first [95%]", "range",
+                    "runtime follows", "fastest per factor"],
+            [[e["model"], e[held], str(e["batch"]), m[axis], str(m["cells"]), _ratio_cell(m),
+              "-" if not m["ratio_range"] else
+              f"{m['ratio_range'][0]:.2f}-{m['ratio_range'][1]:.2f}x",
+              f"{_followed_words(m)} (r = {_fmt(m['r'])})",
+              ", ".join(f"{f:g}x {s}" for f, s in sorted(m["fastest"].items()))]
+             for e in entries for m in e[axis + "s"]])
 
 
 def _markdown(summary: dict) -> str:
