@@ -436,8 +436,9 @@ def predict(model: ModelArg, provider: str = "cpu", *, threads: int | None = Non
             batch: int = 1, precision: str = "fp32", input_shapes: InputShapes = None,
             db: str | os.PathLike | None = None) -> Prediction:
     """A model's p50 on this machine predicted from the profiles stored in ``db``
-    (``onnxscale predict``): ``predicted_ms``, ``interval`` (relative, 95% of held-out
-    models), the whole-model ``baselines`` and the ``layers`` predicted to take longest.
+    (``onnxscale predict``): ``predicted_ms``, its 95% ``interval`` (a factor over held-out
+    models; ``interval_ms``: the bounds), ``extrapolation`` where the model lies outside what
+    was profiled, the whole-model ``baselines`` and the ``layers`` predicted to take longest.
     Raises `onnxscale.Error` saying what to run when too few models are profiled."""
     from .calibration import predict_model, predictor_in
     from .runtime import parse_providers

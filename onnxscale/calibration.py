@@ -96,7 +96,7 @@ def predict_model(fitted, loaded: LoadedModel, batch: int | None,
     per_layer = fitted.predict_layers(layers)
     total = sum(per_layer) or 1.0
     ranked = sorted(zip(layers, per_layer), key=lambda item: -item[1])[:10]
-    predicted = fitted.predict(layers)
+    predicted = fitted.scale * sum(per_layer)   # what fitted.predict(layers) gives
     return {"model": loaded.source, "batch": prepared.batch,
             "predicted_ms": predicted, "interval": fitted.interval,
             "interval_ms": P.interval_ms(predicted, fitted.interval),

@@ -44,9 +44,7 @@ def model_stem(source: str) -> str:
     """The name files made from ``source`` start with: ``zoo:NAME``, ``torchvision:NAME`` and
     ``timm:NAME`` give NAME (a colon in a file name breaks Windows, and ``scp``/``rsync`` read
     ``host:path``), a path its file name without ``.onnx``."""
-    if source.startswith(ZOO_PREFIX):
-        name = source[len(ZOO_PREFIX):]
-    elif is_hub_model(source):
+    if source.startswith(ZOO_PREFIX) or is_hub_model(source):
         name = source.split(":", 1)[1]
     else:
         name = Path(source).name.removesuffix(".onnx")

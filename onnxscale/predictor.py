@@ -12,9 +12,9 @@ with MB moved = 4 · (params + 2 · acts) / 1e6; the attached elements split int
 Runtime fuses (light) and what it runs as kernels of its own (heavy); and a layer whose
 channels are not a multiple of 4, 8 or 16 paying for the slower kernels that leaves
 (`CHANNEL_BLOCKS`).  Non-negative least squares; a kind seen in fewer than 3 layers borrows
-the fit of all layers.  A layer's time is its *share* of the profiled run times bench's whole-model p50:
-the profile and the p50 are taken minutes apart, and a shared machine changes speed in
-between, so only the profile's shares are trusted.  A model's prediction is the sum over its
+the fit of all layers.  A layer's time is its *share* of the profiled run times bench's
+whole-model p50: the profile and the p50 are taken minutes apart, and a shared machine
+changes speed in between, so only the profile's shares are trusted.  A model's prediction is the sum over its
 layers times ``k``, the median over the training models of p50 / predicted sum (what no
 layer owns: layout reorders, copies, the run's own overhead).
 
